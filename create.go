@@ -1,0 +1,352 @@
+package vmsnap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/vmsnap/vmsnap/hmp"
+	"github.com/vmsnap/vmsnap/qmp"
+)
+
+// CreateSpec describes the snapshot Create takes.
+type CreateSpec struct {
+	// Name names the snapshot; empty means DefaultName(now).
+	Name string
+	// Description is free text stored with the snapshot.
+	Description string
+	// Disks chooses the disks (by device, node name or image file); empty
+	// means every writable qcow2 disk.
+	Disks []string
+	// VMStateDisk chooses the disk that holds an internal snapshot's memory
+	// state; empty means the first chosen disk.
+	VMStateDisk string
+	// Config is recorded with the snapshot; nil means Options.Config.
+	Config []byte
+}
+
+// Create takes a snapshot of the domain.
+//
+// Without flags it takes a full internal snapshot: the memory and device
+// state and every chosen disk, inside the qcow2 images, with QEMU's
+// snapshot-save job (HMP savevm on QEMU older than 6.0). The guest is
+// stopped while the state is written and runs again afterwards if it ran.
+//
+// With DiskOnly it snaps the chosen disks in one QMP transaction, all or
+// none, while the guest keeps running (crash-consistent).
+//
+// Halt leaves the guest paused after the snapshot; NoMetadata skips the
+// store (the snapshot is then only in QEMU, and List shows it as
+// untracked).
+func (d *Domain) Create(ctx context.Context, spec CreateSpec, flags Flags) *Op[*DomainSnapshot] {
+	now := time.Now()
+	if spec.Name == "" {
+		spec.Name = DefaultName(now)
+	}
+	fail := func(err error) *Op[*DomainSnapshot] {
+		return failed[*DomainSnapshot](&Error{Op: "create", Domain: d.uuid, Snapshot: spec.Name, Err: err})
+	}
+	if flags&^createFlags != 0 {
+		return fail(fmt.Errorf("%w: %s not valid for create", ErrInvalidFlags, flags&^createFlags))
+	}
+	if err := ValidateName(spec.Name); err != nil {
+		return fail(err)
+	}
+	if flags&(External|Live|Quiesce) != 0 {
+		return fail(fmt.Errorf("%w: %s snapshots are not available in this version", ErrUnsupported, flags&(External|Live|Quiesce)))
+	}
+	if flags&Live != 0 && flags&DiskOnly != 0 {
+		return fail(fmt.Errorf("%w: Live needs a memory snapshot, not DiskOnly", ErrInvalidFlags))
+	}
+	if !d.online() && flags&DiskOnly == 0 {
+		return fail(fmt.Errorf("%w: a shut-off domain has no memory to save; use DiskOnly", ErrUnsupported))
+	}
+	if spec.Config == nil {
+		spec.Config = d.opts.Config
+	}
+	return start(ctx, func(ctx context.Context, op *Op[*DomainSnapshot]) (*DomainSnapshot, error) {
+		s, err := d.create(ctx, op, spec, flags, now)
+		if err != nil {
+			return nil, d.wrap("create", spec.Name, err)
+		}
+		return s, nil
+	})
+}
+
+// wrap turns err into an *Error naming the domain and snapshot, keeping the
+// disk named by a *DiskError.
+func (d *Domain) wrap(op, name string, err error) error {
+	var e *Error
+	if errors.As(err, &e) {
+		return err
+	}
+	out := &Error{Op: op, Domain: d.uuid, Snapshot: name, Err: err}
+	var de *DiskError
+	if errors.As(err, &de) {
+		out.Disk = de.Disk
+	}
+	return out
+}
+
+func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec CreateSpec, flags Flags, now time.Time) (*DomainSnapshot, error) {
+	unlock, err := d.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := d.reconcile(ctx, op.setPhase); err != nil {
+		return nil, err
+	}
+	if flags&NoMetadata == 0 {
+		if _, err := d.get(ctx, spec.Name); err == nil {
+			return nil, fmt.Errorf("%w: the store has a snapshot of that name", ErrExists)
+		} else if !errors.Is(err, ErrNotFound) {
+			return nil, err
+		}
+	}
+	all, err := d.disks(ctx)
+	if err != nil {
+		return nil, err
+	}
+	disks, err := selectDisks(all, spec.Disks, Disk.canSnapshotInternally)
+	if err != nil {
+		return nil, err
+	}
+	for _, dk := range disks {
+		if _, ok := dk.snapshot(spec.Name); ok {
+			return nil, &DiskError{Disk: dk.name(), Err: fmt.Errorf("%w: the image already holds a snapshot of that name (adopt it or pick another name)", ErrExists)}
+		}
+	}
+
+	s := &DomainSnapshot{
+		Name:         spec.Name,
+		Description:  spec.Description,
+		CreationTime: now,
+		Config:       spec.Config,
+		Memory:       Memory{Kind: MemoryNone},
+	}
+	wasRunning := false
+	if d.online() {
+		st, err := d.guestState(ctx)
+		if err != nil {
+			return nil, err
+		}
+		wasRunning = st.Running
+	}
+	vmstate := disks[0]
+	if flags&DiskOnly != 0 {
+		s.State = StateDiskOnly
+	} else {
+		s.State = StatePaused
+		if wasRunning {
+			s.State = StateRunning
+		}
+		if spec.VMStateDisk != "" {
+			vs, err := selectDisks(disks, []string{spec.VMStateDisk}, Disk.canSnapshotInternally)
+			if err != nil {
+				return nil, fmt.Errorf("vmstate disk: %w", err)
+			}
+			vmstate = vs[0]
+		}
+		s.Memory = Memory{Kind: MemoryInternal, Node: vmstate.Node}
+		if !d.hasJobs() && len(disks) != countInternalCapable(all) {
+			return nil, fmt.Errorf("%w: this QEMU (%s) has no snapshot-save; its HMP savevm snaps every disk, so a subset of disks cannot be chosen", ErrUnsupported, d.features.Version)
+		}
+	}
+	for _, dk := range disks {
+		s.Disks = append(s.Disks, DiskSnapshot{Device: dk.Device, Node: dk.Node, File: dk.File, Kind: DiskInternal, Name: spec.Name})
+	}
+	if current, err := d.store.Current(ctx, d.uuid); err == nil {
+		s.Parent = current
+	} else {
+		return nil, err
+	}
+
+	meta := flags&NoMetadata == 0
+	if meta {
+		op.setPhase(PhaseWritingMeta)
+		if err := d.putIntent(ctx, s, intentCreating, wasRunning); err != nil {
+			return nil, err
+		}
+	}
+
+	var takeErr error
+	if flags&DiskOnly != 0 {
+		op.setPhase(PhaseSnappingDisks)
+		takeErr = d.snapInternal(ctx, disks, spec.Name)
+	} else {
+		op.setPhase(PhaseSavingMemory)
+		var dt time.Duration
+		dt, takeErr = d.saveInternal(ctx, op, disks, vmstate, spec.Name)
+		s.Downtime = dt
+	}
+	if takeErr == nil && ctx.Err() != nil {
+		takeErr = fmt.Errorf("%w: %w", ErrCanceled, ctx.Err())
+	}
+	if takeErr != nil {
+		return nil, d.undoCreate(ctx, s, disks, wasRunning, meta, takeErr)
+	}
+
+	// Read back what QEMU recorded (ids, dates, vm clock, vmstate size).
+	if after, err := d.disks(ctx); err == nil {
+		fillFromDisks(s, after)
+	}
+	if flags&Halt != 0 && d.online() {
+		op.setPhase(PhasePausing)
+		if err := d.mon.Execute(ctx, "stop", nil, nil); err != nil {
+			return nil, d.undoCreate(ctx, s, disks, wasRunning, meta, fmt.Errorf("halt: %w", err))
+		}
+	} else if err := d.restoreRunning(ctx, wasRunning); err != nil {
+		// The snapshot is good; the guest is not running. Say so.
+		return s, err
+	}
+	if meta {
+		op.setPhase(PhaseWritingMeta)
+		if err := d.commit(ctx, s); err != nil {
+			return nil, err
+		}
+		s.Current = true
+	}
+	return s, nil
+}
+
+func nodeNames(disks []Disk) []string {
+	nodes := make([]string, len(disks))
+	for i, dk := range disks {
+		nodes[i] = dk.Node
+	}
+	return nodes
+}
+
+func countInternalCapable(all []Disk) int {
+	n := 0
+	for _, d := range all {
+		if d.canSnapshotInternally() {
+			n++
+		}
+	}
+	return n
+}
+
+// fillFromDisks copies QEMU's view of each disk snapshot into s.
+func fillFromDisks(s *DomainSnapshot, disks []Disk) {
+	for i, ds := range s.Disks {
+		dk, ok := matchDisk(disks, ds)
+		if !ok {
+			continue
+		}
+		if got, ok := dk.snapshot(ds.Name); ok {
+			got.Device, got.Node, got.File = ds.Device, dk.Node, dk.File
+			s.Disks[i] = got
+		}
+	}
+}
+
+// matchDisk finds the disk that ds was taken of: same node, else same
+// device, else same image file (node names change when QEMU restarts).
+func matchDisk(disks []Disk, ds DiskSnapshot) (Disk, bool) {
+	for _, by := range []func(Disk) bool{
+		func(d Disk) bool { return ds.Node != "" && d.Node == ds.Node && d.File == ds.File },
+		func(d Disk) bool { return ds.Device != "" && d.Device == ds.Device },
+		func(d Disk) bool { return ds.File != "" && d.File == ds.File },
+	} {
+		for _, d := range disks {
+			if by(d) {
+				return d, true
+			}
+		}
+	}
+	return Disk{}, false
+}
+
+// saveInternal saves memory, devices and disks inside the images with the
+// snapshot-save job, or HMP savevm on an older QEMU. It returns how long the
+// guest was stopped as QEMU's STOP and RESUME events tell.
+func (d *Domain) saveInternal(ctx context.Context, op *Op[*DomainSnapshot], disks []Disk, vmstate Disk, tag string) (time.Duration, error) {
+	var dt downtime
+	var err error
+	if d.hasJobs() {
+		err = runJob(ctx, d.mon, "snapshot-save", map[string]any{"tag": tag, "vmstate": vmstate.Node, "devices": nodeNames(disks)}, op.setBytes, dt.observe)
+	} else {
+		err = runHMPObserved(ctx, d.mon, dt.observe, func() error {
+			return hmpErr(hmp.SaveVM(context.WithoutCancel(ctx), d.mon, tag))
+		})
+	}
+	return dt.total, err
+}
+
+// undoCreate rolls back a create that failed: it removes the disk snapshots
+// the attempt left, resumes the guest if it ran, and drops the intent. When
+// QEMU cannot be asked (a lost connection), the intent stays for the next
+// operation to reconcile: no record ever claims a snapshot as done.
+func (d *Domain) undoCreate(ctx context.Context, s *DomainSnapshot, disks []Disk, wasRunning, meta bool, cause error) error {
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	defer cancel()
+	var problems []error
+	after, err := d.disks(cctx)
+	if err != nil {
+		problems = append(problems, fmt.Errorf("cannot check the disks: %w", err))
+	} else {
+		var left []DiskSnapshot
+		for _, ds := range s.Disks {
+			if dk, ok := matchDisk(after, ds); ok {
+				if _, has := dk.snapshot(s.Name); has {
+					ds.Node = dk.Node
+					left = append(left, ds)
+				}
+			}
+		}
+		if len(left) > 0 {
+			if _, err := d.deleteInternal(cctx, left, s.Name); err != nil {
+				problems = append(problems, fmt.Errorf("remove partial snapshot: %w", err))
+			}
+		}
+	}
+	if err := d.restoreRunning(cctx, wasRunning); err != nil {
+		problems = append(problems, err)
+	}
+	if meta && len(problems) == 0 {
+		if err := d.store.Delete(cctx, d.uuid, s.Name); err != nil && !isStoreNotFound(err) {
+			problems = append(problems, fmt.Errorf("drop intent: %w", err))
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%w (and rolling back: %w)", cause, errors.Join(problems...))
+	}
+	return cause
+}
+
+// downtime measures how long the guest was stopped from QEMU's STOP and
+// RESUME events, fed in order by observe.
+type downtime struct {
+	stopped time.Time
+	total   time.Duration
+}
+
+func (w *downtime) observe(ev qmp.Event) {
+	switch ev.Name {
+	case "STOP":
+		w.stopped = ev.Time
+	case "RESUME":
+		if !w.stopped.IsZero() {
+			w.total += ev.Time.Sub(w.stopped)
+			w.stopped = time.Time{}
+		}
+	}
+}
+
+// runHMPObserved runs fn (a synchronous HMP command) and feeds observe the
+// events QEMU sent while it ran: QEMU sends them before the reply, so they
+// are queued once fn returns; a short idle wait collects them.
+func runHMPObserved(ctx context.Context, mon qmp.Monitor, observe func(qmp.Event), fn func() error) error {
+	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	events, err := mon.Subscribe(sctx)
+	if err != nil {
+		return err
+	}
+	err = fn()
+	drainEvents(events, observe, 50*time.Millisecond)
+	return err
+}

@@ -1,0 +1,187 @@
+package vmsnap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/vmsnap/vmsnap/hmp"
+	"github.com/vmsnap/vmsnap/store"
+)
+
+// Delete deletes a snapshot: from the disks and memory that hold it, then
+// from the store. Its children take its parent; if it was current, its
+// parent becomes current. The result lists the names deleted.
+//
+// A full internal snapshot is removed with QEMU's snapshot-delete job (HMP
+// delvm on QEMU older than 6.0); a disk-only one with
+// blockdev-snapshot-delete-internal-sync per disk. When some disks fail, the
+// error combines their failures (go-multierror) and the record stays,
+// listing the disks that still hold the snapshot, so a later Delete can
+// finish.
+//
+// DeleteChildren deletes the snapshot's descendants too (deepest first).
+// DeleteMetadataOnly removes only the records and leaves the images alone.
+func (d *Domain) Delete(ctx context.Context, name string, flags Flags) *Op[[]string] {
+	if flags&^deleteFlags != 0 {
+		return failed[[]string](&Error{Op: "delete", Domain: d.uuid, Snapshot: name, Err: fmt.Errorf("%w: %s not valid for delete", ErrInvalidFlags, flags&^deleteFlags)})
+	}
+	if err := ValidateName(name); err != nil {
+		return failed[[]string](&Error{Op: "delete", Domain: d.uuid, Snapshot: name, Err: err})
+	}
+	return start(ctx, func(ctx context.Context, op *Op[[]string]) ([]string, error) {
+		done, err := d.delete(ctx, op, name, flags)
+		if err != nil {
+			return done, d.wrap("delete", name, err)
+		}
+		return done, nil
+	})
+}
+
+func (d *Domain) delete(ctx context.Context, op *Op[[]string], name string, flags Flags) ([]string, error) {
+	unlock, err := d.lock(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	if err := d.reconcile(ctx, op.setPhase); err != nil {
+		return nil, err
+	}
+	recs, err := d.store.List(ctx, d.uuid)
+	if err != nil {
+		return nil, err
+	}
+	tree := store.BuildTree(recs)
+	if tree.Record(name) == nil {
+		return nil, fmt.Errorf("%w in the store of domain %s", ErrNotFound, d.uuid)
+	}
+	order := []string{name}
+	if flags&DeleteChildren != 0 {
+		desc := tree.Descendants(name)
+		// Deepest first, so no record is ever left pointing at a deleted parent.
+		order = append(order[:0], reverse(desc)...)
+		order = append(order, name)
+	}
+	var disks []Disk
+	if flags&DeleteMetadataOnly == 0 {
+		if disks, err = d.disks(ctx); err != nil {
+			return nil, err
+		}
+	}
+	var deleted []string
+	for _, n := range order {
+		if err := ctx.Err(); err != nil {
+			return deleted, fmt.Errorf("%w before %q: %w", ErrCanceled, n, err)
+		}
+		r, err := d.store.Get(ctx, d.uuid, n)
+		if err != nil {
+			return deleted, err
+		}
+		if flags&DeleteMetadataOnly == 0 {
+			op.setPhase(PhaseWritingMeta)
+			r.Status = store.StatusDeleting
+			if err := d.store.Put(ctx, d.uuid, r); err != nil {
+				return deleted, err
+			}
+			op.setPhase(PhaseDeleting)
+			if err := d.deleteFromImages(ctx, r, disks); err != nil {
+				return deleted, fmt.Errorf("snapshot %q: %w", n, err)
+			}
+		}
+		op.setPhase(PhaseWritingMeta)
+		if err := d.removeRecord(ctx, n); err != nil {
+			return deleted, err
+		}
+		deleted = append(deleted, n)
+	}
+	return deleted, nil
+}
+
+func reverse(s []string) []string {
+	out := make([]string, len(s))
+	for i, v := range s {
+		out[len(s)-1-i] = v
+	}
+	return out
+}
+
+// deleteFromImages removes the snapshot of record r from the disks (and
+// vmstate) that hold it. On failure the record is rewritten (status ok) to
+// list only the disks that still hold the snapshot.
+func (d *Domain) deleteFromImages(ctx context.Context, r *store.Record, disks []Disk) error {
+	s := fromRecord(r)
+	var have []DiskSnapshot
+	for _, ds := range s.Disks {
+		if dk, ok := matchDisk(disks, ds); ok {
+			if _, has := dk.snapshot(s.Name); has {
+				ds.Node = dk.Node
+				have = append(have, ds)
+			}
+		}
+	}
+	if len(have) == 0 {
+		return nil
+	}
+	full := s.Memory.Kind == MemoryInternal && d.online()
+	if !full {
+		left, err := d.deleteInternal(ctx, have, s.Name)
+		if err != nil {
+			return d.keepPartial(ctx, r, left, err)
+		}
+		return nil
+	}
+	var err error
+	if d.hasJobs() {
+		nodes := make([]string, len(have))
+		for i, ds := range have {
+			nodes[i] = ds.Node
+		}
+		err = runJob(ctx, d.mon, "snapshot-delete", map[string]any{"tag": s.Name, "devices": nodes}, nil, nil)
+	} else {
+		err = hmpErr(hmp.DelVM(ctx, d.mon, s.Name))
+	}
+	if err == nil {
+		return nil
+	}
+	// Which disks still hold it? Ask QEMU; keep them all if it cannot say.
+	left := have
+	if after, qerr := d.disks(context.WithoutCancel(ctx)); qerr == nil {
+		left = nil
+		for _, ds := range have {
+			if dk, ok := matchDisk(after, ds); ok {
+				if _, has := dk.snapshot(s.Name); has {
+					left = append(left, ds)
+				}
+			}
+		}
+		if len(left) == 0 {
+			return nil
+		}
+	}
+	return d.keepPartial(ctx, r, left, err)
+}
+
+// keepPartial records that only the disks in left still hold the snapshot
+// after a failed delete, and returns cause.
+func (d *Domain) keepPartial(ctx context.Context, r *store.Record, left []DiskSnapshot, cause error) error {
+	still := map[string]bool{}
+	for _, ds := range left {
+		still[ds.Device+"\x00"+ds.File] = true
+	}
+	for i := range r.Disks {
+		if !still[r.Disks[i].Device+"\x00"+r.Disks[i].File] {
+			r.Disks[i].Removed = true
+		}
+	}
+	r.Status = store.StatusOK
+	if err := d.store.Put(context.WithoutCancel(ctx), d.uuid, r); err != nil {
+		return errors.Join(cause, fmt.Errorf("record remaining disks: %w", err))
+	}
+	return cause
+}
+
+// removeRecord deletes a record, gives its children its parent and moves
+// "current" to its parent when it was current.
+func (d *Domain) removeRecord(ctx context.Context, name string) error {
+	return store.RemoveAndReparent(ctx, d.store, d.uuid, name)
+}

@@ -1,0 +1,200 @@
+package vmsnap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/vmsnap/vmsnap/hmp"
+	"github.com/vmsnap/vmsnap/qmp"
+	"github.com/vmsnap/vmsnap/store"
+)
+
+// Options bind a Domain.
+type Options struct {
+	// UUID is the domain's UUID, the key of its metadata. When empty it is
+	// read from QEMU with query-uuid; a QEMU started without -uuid reports
+	// the nil UUID, and Open then fails asking for one.
+	UUID string
+	// Store keeps the snapshot metadata. Nil means a file store at
+	// store.DefaultRoot.
+	Store store.Store
+	// Config is recorded with every snapshot unless CreateSpec.Config
+	// overrides it: the domain's configuration, opaque to vmsnap.
+	Config []byte
+	// Disks describe a shut-off domain's images for OpenOffline.
+	Disks []OfflineDisk
+	// QemuImg is the qemu-img binary used for shut-off domains; default
+	// "qemu-img" from PATH.
+	QemuImg string
+}
+
+// OfflineDisk is one image of a shut-off domain.
+type OfflineDisk struct {
+	// Device names the disk in records and errors (e.g. "dev0", "xvda").
+	Device string
+	// File is the qcow2 image.
+	File string
+}
+
+// Domain is one domain whose snapshots vmsnap manages: its QEMU monitor (nil
+// for a shut-off domain), its UUID and its metadata store. A Domain is safe
+// for concurrent use; operations on it are serialised by the store's
+// per-domain lock, also across processes.
+type Domain struct {
+	mon      qmp.Monitor // nil when the domain is shut off
+	uuid     string
+	store    store.Store
+	features *qmp.Features
+	opts     Options
+
+	mu sync.Mutex // guards features refreshes
+}
+
+// nilUUID is what QEMU reports when started without -uuid.
+const nilUUID = "00000000-0000-0000-0000-000000000000"
+
+// Open binds a running domain: its monitor, its UUID (from query-uuid when
+// opts.UUID is empty) and its store. It probes QEMU's features once.
+//
+// Open does not take the store lock. Callers that connect to the monitor
+// themselves must do so before any operation takes the lock (monitor first,
+// lock second), never while holding it.
+func Open(ctx context.Context, mon qmp.Monitor, opts Options) (*Domain, error) {
+	if mon == nil {
+		return nil, &Error{Op: "open", Err: errors.New("nil monitor (use OpenOffline for a shut-off domain)")}
+	}
+	feat, err := qmp.Probe(ctx, mon)
+	if err != nil {
+		return nil, &Error{Op: "open", Domain: opts.UUID, Err: fmt.Errorf("probe QEMU: %w", err)}
+	}
+	uuid := opts.UUID
+	if uuid == "" {
+		var r struct {
+			UUID string `json:"UUID"`
+		}
+		if err := mon.Execute(ctx, "query-uuid", nil, &r); err != nil {
+			return nil, &Error{Op: "open", Err: fmt.Errorf("query-uuid: %w", err)}
+		}
+		if r.UUID == "" || r.UUID == nilUUID {
+			return nil, &Error{Op: "open", Err: fmt.Errorf("%w: QEMU was started without -uuid; give the domain's UUID in Options.UUID", ErrInvalidDomain)}
+		}
+		uuid = r.UUID
+	}
+	d, err := newDomain(mon, uuid, opts)
+	if err != nil {
+		return nil, err
+	}
+	d.features = feat
+	return d, nil
+}
+
+// OpenOffline binds a shut-off domain: no QEMU process, only the image
+// files in opts.Disks. Its internal disk snapshots are made, listed,
+// reverted and deleted with qemu-img.
+func OpenOffline(ctx context.Context, uuid string, opts Options) (*Domain, error) {
+	if len(opts.Disks) == 0 {
+		return nil, &Error{Op: "open", Domain: uuid, Err: fmt.Errorf("%w: a shut-off domain needs Options.Disks", ErrNoDisks)}
+	}
+	return newDomain(nil, uuid, opts)
+}
+
+// ErrInvalidDomain: the domain UUID is missing or malformed.
+var ErrInvalidDomain = errors.New("invalid domain UUID")
+
+func newDomain(mon qmp.Monitor, uuid string, opts Options) (*Domain, error) {
+	if err := store.ValidateDomain(uuid); err != nil {
+		return nil, &Error{Op: "open", Domain: uuid, Err: fmt.Errorf("%w: %w", ErrInvalidDomain, err)}
+	}
+	st := opts.Store
+	if st == nil {
+		fs, err := store.NewFileStore(store.DefaultRoot)
+		if err != nil {
+			return nil, &Error{Op: "open", Domain: uuid, Err: err}
+		}
+		st = fs
+	}
+	if opts.QemuImg == "" {
+		opts.QemuImg = "qemu-img"
+	}
+	return &Domain{mon: mon, uuid: uuid, store: st, opts: opts}, nil
+}
+
+// UUID returns the domain's UUID.
+func (d *Domain) UUID() string { return d.uuid }
+
+// Monitor returns the domain's monitor (nil for a shut-off domain).
+func (d *Domain) Monitor() qmp.Monitor { return d.mon }
+
+// Features returns what the domain's QEMU supports (nil when shut off).
+func (d *Domain) Features() *qmp.Features { return d.features }
+
+// Running reports whether the domain has a QEMU process bound.
+func (d *Domain) online() bool { return d.mon != nil }
+
+// DefaultName is the name a snapshot gets when none is given: the creation
+// time in epoch seconds, as in the xl RFC.
+func DefaultName(t time.Time) string { return strconv.FormatInt(t.Unix(), 10) }
+
+// maxNameBytes is QEMU's limit on a snapshot tag (QEMUSnapshotInfo.name
+// holds 256 bytes with the NUL; longer tags are silently truncated, which
+// would let two names meet in one image).
+const maxNameBytes = 255
+
+// ValidateName reports whether name can name a snapshot; the error wraps
+// ErrInvalidName. Names are never used as paths or shell words unescaped;
+// this check keeps them printable, bounded and unambiguous.
+func ValidateName(name string) error {
+	if err := store.ValidateName(name); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidName, err)
+	}
+	if len(name) > maxNameBytes {
+		return fmt.Errorf("%w: %d bytes, QEMU keeps at most %d", ErrInvalidName, len(name), maxNameBytes)
+	}
+	return nil
+}
+
+// guestState reads whether the guest runs.
+func (d *Domain) guestState(ctx context.Context) (qmp.Status, error) {
+	return qmp.QueryStatus(ctx, d.mon)
+}
+
+// restoreRunning makes a guest that was running before an operation run
+// again. It uses its own short context: it must happen even when the
+// operation's context was cancelled.
+func (d *Domain) restoreRunning(ctx context.Context, wasRunning bool) error {
+	if !wasRunning || d.mon == nil {
+		return nil
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	st, err := d.guestState(cctx)
+	if err != nil {
+		return fmt.Errorf("resume guest: %w", err)
+	}
+	if st.Running {
+		return nil
+	}
+	if err := d.mon.Execute(cctx, "cont", nil, nil); err != nil {
+		return fmt.Errorf("resume guest: %w", err)
+	}
+	return nil
+}
+
+// hasJobs reports whether QEMU has the snapshot-save/-load/-delete jobs
+// (QEMU 6.0 and later); older ones use HMP savevm/loadvm/delvm.
+func (d *Domain) hasJobs() bool {
+	return d.features != nil && d.features.Has("snapshot-save") && d.features.Has("snapshot-load") && d.features.Has("snapshot-delete")
+}
+
+// hmpFallback wraps the HMP helpers so the name check they apply maps onto
+// ErrInvalidName.
+func hmpErr(err error) error {
+	if errors.Is(err, hmp.ErrUnsafeName) {
+		return fmt.Errorf("%w: %w", ErrInvalidName, err)
+	}
+	return err
+}

@@ -1,0 +1,113 @@
+package vmsnap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/vmsnap/vmsnap/store"
+)
+
+// reconcile finishes what an operation interrupted by a crash left in the
+// store, by asking QEMU (or the images) what really happened. It runs under
+// the domain's lock at the start of every operation.
+//
+//   - creating: if every disk holds the snapshot (and a full snapshot's
+//     vmstate is there) the snapshot was taken: the record is committed.
+//     Otherwise the partial disk snapshots are removed with the record. A
+//     guest that ran before the interrupted operation runs again.
+//   - deleting: the delete is finished: the disks that still hold the
+//     snapshot lose it, the record goes, its children take its parent.
+func (d *Domain) reconcile(ctx context.Context, setPhase func(Phase)) error {
+	recs, err := d.store.List(ctx, d.uuid)
+	if err != nil && len(recs) == 0 {
+		return err
+	}
+	var pending []*store.Record
+	for _, r := range recs {
+		if r.Status != store.StatusOK {
+			pending = append(pending, r)
+		}
+	}
+	if len(pending) == 0 {
+		return nil
+	}
+	setPhase(PhaseReconciling)
+	disks, err := d.disks(ctx)
+	if err != nil {
+		return fmt.Errorf("reconcile: %w", err)
+	}
+	var errs []error
+	for _, r := range pending {
+		var err error
+		switch r.Status {
+		case store.StatusCreating:
+			err = d.reconcileCreate(ctx, r, disks)
+		case store.StatusDeleting:
+			err = d.reconcileDelete(ctx, r, disks)
+		default:
+			err = fmt.Errorf("unknown status %q: %w", r.Status, ErrInconsistent)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("reconcile snapshot %q: %w", r.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (d *Domain) reconcileCreate(ctx context.Context, r *store.Record, disks []Disk) error {
+	s := fromRecord(r)
+	var have []DiskSnapshot
+	for _, ds := range s.Disks {
+		if dk, ok := matchDisk(disks, ds); ok {
+			if _, has := dk.snapshot(s.Name); has {
+				ds.Node = dk.Node
+				have = append(have, ds)
+			}
+		}
+	}
+	complete := len(have) == len(s.Disks) && len(s.Disks) > 0
+	if complete && s.Memory.Kind == MemoryInternal {
+		complete = false
+		for _, dk := range disks {
+			if sn, ok := dk.snapshot(s.Name); ok && sn.VMStateSize > 0 {
+				complete = true
+			}
+		}
+	}
+	if r.Labels[labelGuestWasRunning] == "true" {
+		if err := d.restoreRunning(ctx, true); err != nil {
+			return err
+		}
+	}
+	if complete {
+		fillFromDisks(s, disks)
+		s.Problems = nil
+		return d.commit(ctx, s)
+	}
+	if len(have) > 0 {
+		if _, err := d.deleteInternal(ctx, have, s.Name); err != nil {
+			return fmt.Errorf("remove partial snapshot: %w", err)
+		}
+	}
+	return d.store.Delete(ctx, d.uuid, s.Name)
+}
+
+func (d *Domain) reconcileDelete(ctx context.Context, r *store.Record, disks []Disk) error {
+	s := fromRecord(r)
+	var have []DiskSnapshot
+	for _, ds := range s.Disks {
+		if dk, ok := matchDisk(disks, ds); ok {
+			if _, has := dk.snapshot(s.Name); has {
+				ds.Node = dk.Node
+				have = append(have, ds)
+			}
+		}
+	}
+	if len(have) > 0 {
+		if left, err := d.deleteInternal(ctx, have, s.Name); err != nil {
+			return d.keepPartial(ctx, r, left, err)
+		}
+	}
+	return d.removeRecord(ctx, s.Name)
+}

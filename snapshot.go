@@ -1,0 +1,321 @@
+// Package vmsnap takes, lists, reverts and deletes snapshots of QEMU virtual
+// machines by talking to QEMU over QMP.
+//
+// A Domain binds one running QEMU (its qmp.Monitor), the domain's UUID and a
+// metadata store.Store. Create, Revert, Delete and List return an *Op
+// handle at once, in the manner of libxl's libxl_asyncop_how: block with
+// Wait, select on Done, poll Progress, Cancel, or register a callback with
+// OnDone.
+//
+// Snapshots come in two shapes. A disk-only snapshot (the DiskOnly flag)
+// snaps every qcow2 disk, or the chosen ones, in one QMP transaction: all
+// disks or none, while the guest keeps running, so it is crash-consistent. A
+// full domain snapshot also saves the guest's memory and device state, so a
+// revert resumes the guest exactly where it was. Internal snapshots live
+// inside the qcow2 images; external ones (the External flag) put new overlay
+// files on top of the images and the memory state in a file.
+//
+// Every operation takes the domain's store lock, records its intent before
+// touching QEMU and commits after QEMU succeeded; the next operation
+// reconciles an intent left behind by a crash with what QEMU reports. The
+// lock order is monitor first, store lock second: QEMU serves one QMP client
+// per socket, so a process must never wait for a monitor while it holds the
+// store lock.
+package vmsnap
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// State is the run state of a domain when a snapshot was taken.
+type State string
+
+// States a snapshot records.
+const (
+	// StateRunning: a full snapshot of a running guest.
+	StateRunning State = "running"
+	// StatePaused: a full snapshot of a paused guest.
+	StatePaused State = "paused"
+	// StateShutoff: a snapshot of a domain with no QEMU process.
+	StateShutoff State = "shutoff"
+	// StateDiskOnly: the disks alone, no memory. Taken of a running guest it
+	// is crash-consistent, like pulling the power cord.
+	StateDiskOnly State = "disk-only"
+)
+
+// DiskKind says where a disk snapshot lives.
+type DiskKind string
+
+// Disk snapshot kinds.
+const (
+	// DiskInternal: a snapshot inside the qcow2 image (qemu-img snapshot).
+	DiskInternal DiskKind = "internal"
+	// DiskExternal: the image was frozen and a new overlay put on top of it.
+	DiskExternal DiskKind = "external"
+)
+
+// MemoryKind says where a snapshot's memory state lives.
+type MemoryKind string
+
+// Memory state kinds.
+const (
+	// MemoryNone: no memory state (disk-only snapshots).
+	MemoryNone MemoryKind = "none"
+	// MemoryInternal: the vmstate is inside a qcow2 image.
+	MemoryInternal MemoryKind = "internal"
+	// MemoryExternal: the vmstate is a migration stream in a file.
+	MemoryExternal MemoryKind = "external"
+)
+
+// DiskSnapshot is one disk's part of a snapshot, as QEMU reports it (the
+// RFC's libxl_snapshot).
+type DiskSnapshot struct {
+	// Device is the guest device (qdev id or block backend name).
+	Device string
+	// Node is the block node QMP commands address (the qcow2 format node).
+	Node string
+	// File is the image file that holds the snapshot.
+	File string
+	// Kind is internal or external.
+	Kind DiskKind
+	// ID is QEMU's snapshot id inside the image (internal snapshots).
+	ID string
+	// Name is the snapshot's tag inside the image (internal snapshots).
+	Name string
+	// Overlay is the overlay file created on top of File (external).
+	Overlay string
+	// VMStateSize is the size of the memory state stored with this disk's
+	// snapshot (non-zero on the vmstate disk of a full internal snapshot).
+	VMStateSize uint64
+	// Date is when QEMU took the disk snapshot.
+	Date time.Time
+	// VMClock is the guest clock when the disk snapshot was taken.
+	VMClock time.Duration
+}
+
+// Memory says where a snapshot's memory state is.
+type Memory struct {
+	// Kind is none, internal or external.
+	Kind MemoryKind
+	// Node is the block node holding an internal vmstate.
+	Node string
+	// File is the file holding an external vmstate.
+	File string
+}
+
+// DomainSnapshot is a snapshot of a domain (the RFC's libxl_vm_snapshot).
+type DomainSnapshot struct {
+	// Name identifies the snapshot within its domain.
+	Name string
+	// Description is free text; it can be changed later.
+	Description string
+	// CreationTime is when the snapshot was taken.
+	CreationTime time.Time
+	// State is the domain's run state when taken, or StateDiskOnly.
+	State State
+	// Parent is the snapshot that was current when this one was taken ("" for
+	// a root).
+	Parent string
+	// Current is true for the domain's current snapshot: the last one taken
+	// or reverted to.
+	Current bool
+	// Memory says where the memory state is.
+	Memory Memory
+	// Disks lists the disks that hold this snapshot.
+	Disks []DiskSnapshot
+	// Config is the domain's configuration as the caller recorded it (an xl
+	// config, a QEMU argv, a libvirt XML): opaque to vmsnap.
+	Config []byte
+	// Downtime is how long the guest was stopped while the snapshot was taken
+	// (zero when vmsnap did not stop it).
+	Downtime time.Duration
+	// Problems lists disagreements between the metadata and QEMU found by
+	// List: a disk that no longer holds the snapshot, an operation left
+	// unfinished by a crash. Empty when the two agree.
+	Problems []string
+}
+
+// IsDiskOnly reports whether the snapshot holds disks but no memory state.
+func (s *DomainSnapshot) IsDiskOnly() bool { return s.State == StateDiskOnly }
+
+// IsExternal reports whether any of the snapshot's disks or its memory is
+// external.
+func (s *DomainSnapshot) IsExternal() bool {
+	if s.Memory.Kind == MemoryExternal {
+		return true
+	}
+	for _, d := range s.Disks {
+		if d.Kind == DiskExternal {
+			return true
+		}
+	}
+	return false
+}
+
+// Flags choose what an operation does. Each operation documents the flags it
+// honours and refuses the others with ErrInvalidFlags.
+type Flags uint32
+
+// Flags for Create.
+const (
+	// DiskOnly snapshots the disks and no memory state.
+	DiskOnly Flags = 1 << iota
+	// External puts new overlays on the disks and the memory state in a file
+	// instead of inside the qcow2 images.
+	External
+	// Live keeps the guest running while its memory is written (external
+	// full snapshots).
+	Live
+	// Quiesce freezes the guest's filesystems through the guest agent around
+	// the disk snapshot.
+	Quiesce
+	// NoMetadata takes the snapshot in QEMU without recording it in the store.
+	NoMetadata
+	// Halt stops the guest after the snapshot was taken and leaves it paused.
+	Halt
+
+	// RevertRunning leaves the guest running after a revert.
+	RevertRunning
+	// RevertPaused leaves the guest paused after a revert.
+	RevertPaused
+	// RevertForce allows a revert that discards state the caller may not
+	// expect to lose (for example the current state of a disk that changed
+	// since an external snapshot).
+	RevertForce
+
+	// DeleteChildren deletes the snapshot and all its descendants.
+	DeleteChildren
+	// DeleteMetadataOnly removes the record and leaves QEMU's images alone.
+	DeleteMetadataOnly
+
+	// ListRoots keeps snapshots without a parent.
+	ListRoots
+	// ListLeaves keeps snapshots without children.
+	ListLeaves
+	// ListCurrent keeps the current snapshot.
+	ListCurrent
+	// ListDiskOnly keeps disk-only snapshots.
+	ListDiskOnly
+	// ListFull keeps snapshots with memory state.
+	ListFull
+	// ListInternal keeps snapshots whose disks and memory are all internal.
+	ListInternal
+	// ListExternal keeps snapshots with an external disk or memory file.
+	ListExternal
+)
+
+const (
+	createFlags = DiskOnly | External | Live | Quiesce | NoMetadata | Halt
+	revertFlags = RevertRunning | RevertPaused | RevertForce
+	deleteFlags = DeleteChildren | DeleteMetadataOnly
+	listFlags   = ListRoots | ListLeaves | ListCurrent | ListDiskOnly | ListFull | ListInternal | ListExternal
+)
+
+var flagNames = []string{
+	"DiskOnly", "External", "Live", "Quiesce", "NoMetadata", "Halt",
+	"RevertRunning", "RevertPaused", "RevertForce",
+	"DeleteChildren", "DeleteMetadataOnly",
+	"ListRoots", "ListLeaves", "ListCurrent", "ListDiskOnly", "ListFull", "ListInternal", "ListExternal",
+}
+
+// String lists the flags set, joined with '|'.
+func (f Flags) String() string {
+	if f == 0 {
+		return "0"
+	}
+	var parts []string
+	for i, n := range flagNames {
+		if f&(1<<i) != 0 {
+			parts = append(parts, n)
+			f &^= 1 << i
+		}
+	}
+	if f != 0 {
+		parts = append(parts, fmt.Sprintf("%#x", uint32(f)))
+	}
+	return strings.Join(parts, "|")
+}
+
+// Sentinel errors, for errors.Is.
+var (
+	// ErrNotFound: no snapshot of that name.
+	ErrNotFound = errors.New("snapshot not found")
+	// ErrExists: a snapshot of that name exists already (in the store or
+	// on a disk).
+	ErrExists = errors.New("snapshot exists")
+	// ErrInvalidName: the name is not a valid snapshot name.
+	ErrInvalidName = errors.New("invalid snapshot name")
+	// ErrInvalidFlags: the flags do not fit the operation or each other.
+	ErrInvalidFlags = errors.New("invalid flags")
+	// ErrUnsupported: the operation cannot be done on this domain or QEMU.
+	ErrUnsupported = errors.New("unsupported")
+	// ErrBusy: another operation holds the domain.
+	ErrBusy = errors.New("domain busy")
+	// ErrNoDisks: the domain has no disk the operation can use.
+	ErrNoDisks = errors.New("no snapshot-capable disk")
+	// ErrCanceled: the operation was cancelled and rolled back.
+	ErrCanceled = errors.New("operation canceled")
+	// ErrInconsistent: QEMU and the metadata disagree in a way that needs
+	// the caller's decision.
+	ErrInconsistent = errors.New("snapshot metadata and QEMU disagree")
+)
+
+// Error is the error every operation returns: it names the operation, the
+// domain, the snapshot and, where one disk failed, the disk, and wraps the
+// cause (a sentinel above, a *qmp.Error, a *JobError, a multierror of
+// per-disk failures).
+type Error struct {
+	Op       string // "create", "revert", "delete", "list", ...
+	Domain   string // domain UUID
+	Snapshot string // snapshot name, "" when not about one
+	Disk     string // disk device or node, "" when not about one
+	Err      error
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString("vmsnap: ")
+	b.WriteString(e.Op)
+	if e.Domain != "" {
+		b.WriteString(" domain ")
+		b.WriteString(e.Domain)
+	}
+	if e.Snapshot != "" {
+		fmt.Fprintf(&b, " snapshot %q", e.Snapshot)
+	}
+	if e.Disk != "" {
+		fmt.Fprintf(&b, " disk %s", e.Disk)
+	}
+	b.WriteString(": ")
+	b.WriteString(e.Err.Error())
+	return b.String()
+}
+
+// Unwrap returns the cause.
+func (e *Error) Unwrap() error { return e.Err }
+
+// JobError is a QEMU job (snapshot-save, snapshot-load, snapshot-delete, a
+// block job) that concluded with an error; QEMU reports the message only in
+// query-jobs.
+type JobError struct {
+	ID   string // job id
+	Type string // job type, e.g. "snapshot-save"
+	Msg  string // QEMU's error message
+}
+
+func (e *JobError) Error() string { return fmt.Sprintf("job %s (%s) failed: %s", e.ID, e.Type, e.Msg) }
+
+// DiskError is the failure of one disk in a per-disk operation; several are
+// combined with go-multierror.
+type DiskError struct {
+	Disk string
+	Err  error
+}
+
+func (e *DiskError) Error() string { return "disk " + e.Disk + ": " + e.Err.Error() }
+
+// Unwrap returns the cause.
+func (e *DiskError) Unwrap() error { return e.Err }
