@@ -40,9 +40,8 @@ type CreateSpec struct {
 // store (the snapshot is then only in QEMU, and List shows it as
 // untracked).
 func (d *Domain) Create(ctx context.Context, spec CreateSpec, flags Flags) *Op[*DomainSnapshot] {
-	now := time.Now()
 	if spec.Name == "" {
-		spec.Name = DefaultName(now)
+		spec.Name = DefaultName(time.Now())
 	}
 	fail := func(err error) *Op[*DomainSnapshot] {
 		return failed[*DomainSnapshot](&Error{Op: "create", Domain: d.uuid, Snapshot: spec.Name, Err: err})
@@ -66,7 +65,7 @@ func (d *Domain) Create(ctx context.Context, spec CreateSpec, flags Flags) *Op[*
 		spec.Config = d.opts.Config
 	}
 	return start(ctx, func(ctx context.Context, op *Op[*DomainSnapshot]) (*DomainSnapshot, error) {
-		s, err := d.create(ctx, op, spec, flags, now)
+		s, err := d.create(ctx, op, spec, flags)
 		if err != nil {
 			return nil, d.wrap("create", spec.Name, err)
 		}
@@ -89,12 +88,15 @@ func (d *Domain) wrap(op, name string, err error) error {
 	return out
 }
 
-func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec CreateSpec, flags Flags, now time.Time) (*DomainSnapshot, error) {
+func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec CreateSpec, flags Flags) (*DomainSnapshot, error) {
 	unlock, err := d.lock(ctx)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	// The creation time is taken under the lock, so snapshots of one domain
+	// are ordered by creation time as they were taken.
+	now := time.Now()
 	if err := d.reconcile(ctx, op.setPhase); err != nil {
 		return nil, err
 	}
@@ -181,8 +183,8 @@ func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec Creat
 		dt, takeErr = d.saveInternal(ctx, op, disks, vmstate, spec.Name)
 		s.Downtime = dt
 	}
-	if takeErr == nil && ctx.Err() != nil {
-		takeErr = fmt.Errorf("%w: %w", ErrCanceled, ctx.Err())
+	if ctx.Err() != nil && !errors.Is(takeErr, ErrCanceled) {
+		takeErr = errors.Join(fmt.Errorf("%w: %w", ErrCanceled, ctx.Err()), takeErr)
 	}
 	if takeErr != nil {
 		return nil, d.undoCreate(ctx, s, disks, wasRunning, meta, takeErr)
@@ -267,7 +269,7 @@ func (d *Domain) saveInternal(ctx context.Context, op *Op[*DomainSnapshot], disk
 	var dt downtime
 	var err error
 	if d.hasJobs() {
-		err = runJob(ctx, d.mon, "snapshot-save", map[string]any{"tag": tag, "vmstate": vmstate.Node, "devices": nodeNames(disks)}, op.setBytes, dt.observe)
+		err = runJob(ctx, d.mon, newJobID("save"), "snapshot-save", map[string]any{"tag": tag, "vmstate": vmstate.Node, "devices": nodeNames(disks)}, op.setBytes, dt.observe)
 	} else {
 		err = runHMPObserved(ctx, d.mon, dt.observe, func() error {
 			return hmpErr(hmp.SaveVM(context.WithoutCancel(ctx), d.mon, tag))

@@ -136,27 +136,30 @@ func (d *Domain) deleteFromImages(ctx context.Context, r *store.Record, disks []
 		for i, ds := range have {
 			nodes[i] = ds.Node
 		}
-		err = runJob(ctx, d.mon, "snapshot-delete", map[string]any{"tag": s.Name, "devices": nodes}, nil, nil)
+		err = runJob(ctx, d.mon, newJobID("delete"), "snapshot-delete", map[string]any{"tag": s.Name, "devices": nodes}, nil, nil)
 	} else {
 		err = hmpErr(hmp.DelVM(ctx, d.mon, s.Name))
 	}
 	if err == nil {
 		return nil
 	}
-	// Which disks still hold it? Ask QEMU; keep them all if it cannot say.
-	left := have
-	if after, qerr := d.disks(context.WithoutCancel(ctx)); qerr == nil {
-		left = nil
-		for _, ds := range have {
-			if dk, ok := matchDisk(after, ds); ok {
-				if _, has := dk.snapshot(s.Name); has {
-					left = append(left, ds)
-				}
+	// Which disks still hold it? When QEMU cannot say (a lost connection),
+	// the record keeps its deleting intent for the next operation to finish.
+	after, qerr := d.disks(context.WithoutCancel(ctx))
+	if qerr != nil {
+		return err
+	}
+	var left []DiskSnapshot
+	for _, ds := range have {
+		if dk, ok := matchDisk(after, ds); ok {
+			if _, has := dk.snapshot(s.Name); has {
+				left = append(left, ds)
 			}
 		}
-		if len(left) == 0 {
-			return nil
-		}
+	}
+	if len(left) == 0 {
+		// QEMU finished the delete; only our view of the job failed.
+		return nil
 	}
 	return d.keepPartial(ctx, r, left, err)
 }

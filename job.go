@@ -29,7 +29,7 @@ type qmpJobInfo struct {
 // jobPollInterval is how often a running job's progress is read.
 const jobPollInterval = 100 * time.Millisecond
 
-// runJob starts a QEMU job with command and args (which get "job-id"), waits
+// runJob starts a QEMU job with command and args (which get "job-id": id), waits
 // until it concludes, reads its error from query-jobs (QEMU reports it only
 // there), dismisses it and returns a *JobError if it failed. progress, if
 // not nil, receives the job's progress while it runs; observe, if not nil,
@@ -40,8 +40,7 @@ const jobPollInterval = 100 * time.Millisecond
 // monitor: a lost connection ends the wait with qmp.ErrClosed) and the
 // caller rolls back. It returns ctx's error in that case only when the job
 // itself succeeded.
-func runJob(ctx context.Context, mon qmp.Monitor, command string, args map[string]any, progress func(cur, total uint64), observe func(qmp.Event)) error {
-	id := newJobID(command)
+func runJob(ctx context.Context, mon qmp.Monitor, id, command string, args map[string]any, progress func(cur, total uint64), observe func(qmp.Event)) error {
 	// The wait must outlive a cancelled ctx: the job goes on in QEMU.
 	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stop()
@@ -104,7 +103,10 @@ func runJob(ctx context.Context, mon qmp.Monitor, command string, args map[strin
 	if dismissErr != nil {
 		return fmt.Errorf("dismiss job %s: %w", id, dismissErr)
 	}
-	return ctx.Err()
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("%w: job %s ran to its end: %w", ErrCanceled, id, err)
+	}
+	return nil
 }
 
 // findJob returns the job with the given id from query-jobs.

@@ -16,6 +16,9 @@ import (
 //     vmstate is there) the snapshot was taken: the record is committed.
 //     Otherwise the partial disk snapshots are removed with the record. A
 //     guest that ran before the interrupted operation runs again.
+//   - a revert intent on a committed record: the snapshot-load job tells
+//     whether the load happened; the guest is left as the revert wanted, or
+//     as it was before, and "current" follows.
 //   - deleting: the delete is finished: the disks that still hold the
 //     snapshot lose it, the record goes, its children take its parent.
 func (d *Domain) reconcile(ctx context.Context, setPhase func(Phase)) error {
@@ -25,7 +28,7 @@ func (d *Domain) reconcile(ctx context.Context, setPhase func(Phase)) error {
 	}
 	var pending []*store.Record
 	for _, r := range recs {
-		if r.Status != store.StatusOK {
+		if r.Status != store.StatusOK || (r.Labels[labelRevertWant] != "" && d.online()) {
 			pending = append(pending, r)
 		}
 	}
@@ -41,6 +44,8 @@ func (d *Domain) reconcile(ctx context.Context, setPhase func(Phase)) error {
 	for _, r := range pending {
 		var err error
 		switch r.Status {
+		case store.StatusOK:
+			err = d.reconcileRevert(ctx, r)
 		case store.StatusCreating:
 			err = d.reconcileCreate(ctx, r, disks)
 		case store.StatusDeleting:

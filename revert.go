@@ -2,7 +2,12 @@ package vmsnap
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/vmsnap/vmsnap/store"
 
 	"github.com/vmsnap/vmsnap/hmp"
 )
@@ -99,6 +104,17 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 	case flags&RevertPaused != 0:
 		wantRunning = false
 	}
+	// Record the intent on the target record: if we crash or lose QEMU
+	// from here on, the next operation learns from the job whether the
+	// load happened and leaves the guest as wanted or as it was.
+	jobID := ""
+	if d.hasJobs() {
+		jobID = newJobID("load")
+	}
+	in := revertIntent{Want: wantRunning, Was: st.Running, Job: jobID}
+	if err := d.setRevertIntent(ctx, s.Name, &in); err != nil {
+		return nil, err
+	}
 	// Stop first, so QEMU does not restart the guest between the load and
 	// our decision (snapshot-load resumes a guest that ran).
 	if st.Running {
@@ -122,7 +138,7 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 		for i, ds := range s.Disks {
 			nodes[i] = ds.Node
 		}
-		err = runJob(ctx, d.mon, "snapshot-load", map[string]any{"tag": s.Name, "vmstate": vmstate, "devices": nodes}, op.setBytes, nil)
+		err = runJob(ctx, d.mon, jobID, "snapshot-load", map[string]any{"tag": s.Name, "vmstate": vmstate, "devices": nodes}, op.setBytes, nil)
 	} else {
 		err = hmpErr(hmp.LoadVM(context.WithoutCancel(ctx), d.mon, s.Name))
 	}
@@ -131,7 +147,7 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 		if rerr := d.restoreRunning(ctx, st.Running); rerr != nil {
 			return nil, fmt.Errorf("%w (and %w)", err, rerr)
 		}
-		return nil, err
+		return nil, errors.Join(err, d.setRevertIntent(ctx, s.Name, nil))
 	}
 	if wantRunning {
 		op.setPhase(PhaseResuming)
@@ -139,7 +155,83 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 			return nil, err
 		}
 	}
-	return d.markCurrent(ctx, s)
+	s, err = d.markCurrent(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	return s, d.setRevertIntent(ctx, s.Name, nil)
+}
+
+// revertIntent is kept in the target record's labels while a revert runs.
+type revertIntent struct {
+	Want bool   // the guest should run after the revert
+	Was  bool   // the guest ran before it
+	Job  string // the snapshot-load job id ("" for HMP loadvm)
+}
+
+const (
+	labelRevertWant = "vmsnap.revert-want-running"
+	labelRevertWas  = "vmsnap.revert-was-running"
+	labelRevertJob  = "vmsnap.revert-job"
+)
+
+// setRevertIntent stores in (nil clears it) on the record of name.
+func (d *Domain) setRevertIntent(ctx context.Context, name string, in *revertIntent) error {
+	ctx = context.WithoutCancel(ctx)
+	r, err := d.store.Get(ctx, d.uuid, name)
+	if err != nil {
+		return err
+	}
+	delete(r.Labels, labelRevertWant)
+	delete(r.Labels, labelRevertWas)
+	delete(r.Labels, labelRevertJob)
+	if in != nil {
+		if r.Labels == nil {
+			r.Labels = map[string]string{}
+		}
+		r.Labels[labelRevertWant] = strconv.FormatBool(in.Want)
+		r.Labels[labelRevertWas] = strconv.FormatBool(in.Was)
+		r.Labels[labelRevertJob] = in.Job
+	}
+	return d.store.Put(ctx, d.uuid, r)
+}
+
+// reconcileRevert finishes a revert that was interrupted: if its
+// snapshot-load job concluded without error the snapshot becomes current
+// and the guest is left as the revert wanted; otherwise the guest is left
+// as it was before the revert.
+func (d *Domain) reconcileRevert(ctx context.Context, r *store.Record) error {
+	want, was := r.Labels[labelRevertWant] == "true", r.Labels[labelRevertWas] == "true"
+	loaded := false
+	if id := r.Labels[labelRevertJob]; id != "" {
+		if j, err := findJob(ctx, d.mon, id); err == nil {
+			for j.Status != "concluded" && j.Status != "null" {
+				select {
+				case <-ctx.Done():
+					return ctx.Err()
+				case <-time.After(jobPollInterval):
+				}
+				if j, err = findJob(ctx, d.mon, id); err != nil {
+					return err
+				}
+			}
+			loaded = j.Error == ""
+			_ = d.mon.Execute(ctx, "job-dismiss", map[string]any{"id": id}, nil)
+		}
+	}
+	running := was
+	if loaded {
+		running = want
+		if err := d.store.SetCurrent(ctx, d.uuid, r.Name); err != nil {
+			return err
+		}
+	}
+	if running {
+		if err := d.restoreRunning(ctx, true); err != nil {
+			return err
+		}
+	}
+	return d.setRevertIntent(ctx, r.Name, nil)
 }
 
 // markCurrent makes s the current snapshot.
