@@ -180,7 +180,7 @@ func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec Creat
 	} else {
 		op.setPhase(PhaseSavingMemory)
 		var dt time.Duration
-		dt, takeErr = d.saveInternal(ctx, op, disks, vmstate, spec.Name)
+		dt, takeErr = d.saveInternal(ctx, op, disks, vmstate, spec.Name, wasRunning)
 		s.Downtime = dt
 	}
 	if ctx.Err() != nil && !errors.Is(takeErr, ErrCanceled) {
@@ -265,13 +265,13 @@ func matchDisk(disks []Disk, ds DiskSnapshot) (Disk, bool) {
 // saveInternal saves memory, devices and disks inside the images with the
 // snapshot-save job, or HMP savevm on an older QEMU. It returns how long the
 // guest was stopped as QEMU's STOP and RESUME events tell.
-func (d *Domain) saveInternal(ctx context.Context, op *Op[*DomainSnapshot], disks []Disk, vmstate Disk, tag string) (time.Duration, error) {
+func (d *Domain) saveInternal(ctx context.Context, op *Op[*DomainSnapshot], disks []Disk, vmstate Disk, tag string, wasRunning bool) (time.Duration, error) {
 	var dt downtime
 	var err error
 	if d.hasJobs() {
 		err = runJob(ctx, d.mon, newJobID("save"), "snapshot-save", map[string]any{"tag": tag, "vmstate": vmstate.Node, "devices": nodeNames(disks)}, op.setBytes, dt.observe)
 	} else {
-		err = runHMPObserved(ctx, d.mon, dt.observe, func() error {
+		err = runHMPObserved(ctx, d.mon, &dt, wasRunning, func() error {
 			return hmpErr(hmp.SaveVM(context.WithoutCancel(ctx), d.mon, tag))
 		})
 	}
@@ -338,10 +338,11 @@ func (w *downtime) observe(ev qmp.Event) {
 	}
 }
 
-// runHMPObserved runs fn (a synchronous HMP command) and feeds observe the
-// events QEMU sent while it ran: QEMU sends them before the reply, so they
-// are queued once fn returns; a short idle wait collects them.
-func runHMPObserved(ctx context.Context, mon qmp.Monitor, observe func(qmp.Event), fn func() error) error {
+// runHMPObserved runs fn (a synchronous HMP command that stops the guest
+// and, when it ran, resumes it) and feeds dt the STOP and RESUME events QEMU
+// sent meanwhile. QEMU sends them before the reply, so when a RESUME is
+// due it arrives within moments of fn's return.
+func runHMPObserved(ctx context.Context, mon qmp.Monitor, dt *downtime, expectResume bool, fn func() error) error {
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancel()
 	events, err := mon.Subscribe(sctx)
@@ -349,6 +350,22 @@ func runHMPObserved(ctx context.Context, mon qmp.Monitor, observe func(qmp.Event
 		return err
 	}
 	err = fn()
-	drainEvents(events, observe, 50*time.Millisecond)
-	return err
+	if err != nil || !expectResume {
+		return err
+	}
+	timeout := time.After(time.Second)
+	for {
+		select {
+		case ev, ok := <-events:
+			if !ok {
+				return err
+			}
+			dt.observe(ev)
+			if ev.Name == "RESUME" {
+				return err
+			}
+		case <-timeout:
+			return err
+		}
+	}
 }

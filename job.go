@@ -55,6 +55,11 @@ func runJob(ctx context.Context, mon qmp.Monitor, id, command string, args map[s
 	tick := time.NewTicker(jobPollInterval)
 	defer tick.Stop()
 	var info *qmpJobInfo
+	// polled is set when query-jobs showed the job concluded before its
+	// event was read; the event still comes (after every event the job
+	// caused), so it is awaited a little longer before giving up on it.
+	var polled *qmpJobInfo
+	var grace <-chan time.Time
 	for info == nil {
 		select {
 		case ev, ok := <-events:
@@ -85,16 +90,16 @@ func runJob(ctx context.Context, mon qmp.Monitor, id, command string, args map[s
 			if progress != nil && j.TotalProgress > 0 {
 				progress(j.CurrentProgress, j.TotalProgress)
 			}
-			if j.Status == "concluded" {
-				info = j
+			if j.Status == "concluded" && polled == nil {
+				polled = j
+				grace = time.After(time.Second)
 			}
+		case <-grace:
+			info = polled
 		}
 	}
 	if progress != nil && info.TotalProgress > 0 {
 		progress(info.CurrentProgress, info.TotalProgress)
-	}
-	if observe != nil {
-		drainEvents(events, observe, 20*time.Millisecond)
 	}
 	dismissErr := mon.Execute(wctx, "job-dismiss", map[string]any{"id": id}, nil)
 	if info.Error != "" {
@@ -121,23 +126,4 @@ func findJob(ctx context.Context, mon qmp.Monitor, id string) (*qmpJobInfo, erro
 		}
 	}
 	return nil, fmt.Errorf("job %s vanished from query-jobs", id)
-}
-
-// drainEvents feeds observe the events already queued, until none arrives
-// for idle.
-func drainEvents(events <-chan qmp.Event, observe func(qmp.Event), idle time.Duration) {
-	t := time.NewTimer(idle)
-	defer t.Stop()
-	for {
-		select {
-		case ev, ok := <-events:
-			if !ok {
-				return
-			}
-			observe(ev)
-			t.Reset(idle)
-		case <-t.C:
-			return
-		}
-	}
 }
