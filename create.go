@@ -36,6 +36,21 @@ type CreateSpec struct {
 // With DiskOnly it snaps the chosen disks in one QMP transaction, all or
 // none, while the guest keeps running (crash-consistent).
 //
+// With External the disks get new qcow2 overlays (created 0600 beside each
+// image, one blockdev-snapshot-sync transaction) and, unless DiskOnly, the
+// memory state goes to a file (0600, beside the metadata or in
+// Options.MemoryDir) through a migration to a descriptor passed over the
+// QMP socket; disks and memory describe the same instant. Without Live the
+// guest is stopped while memory is written. With Live it keeps running:
+// with QEMU's background-snapshot where QEMU and the host kernel support it
+// (the guest stops for milliseconds while the disks are snapped, then
+// memory is written as it was at that instant), else by pre-copy, the
+// disks snapped when QEMU stops the guest to finish. The snapshot records
+// the guest's downtime.
+//
+// Quiesce freezes the guest's filesystems through Options.Agent around the
+// disk snapshot and always thaws them, also on failure and cancel.
+//
 // Halt leaves the guest paused after the snapshot; NoMetadata skips the
 // store (the snapshot is then only in QEMU, and List shows it as
 // untracked).
@@ -52,14 +67,20 @@ func (d *Domain) Create(ctx context.Context, spec CreateSpec, flags Flags) *Op[*
 	if err := ValidateName(spec.Name); err != nil {
 		return fail(err)
 	}
-	if flags&(External|Live|Quiesce) != 0 {
-		return fail(fmt.Errorf("%w: %s snapshots are not available in this version", ErrUnsupported, flags&(External|Live|Quiesce)))
-	}
 	if flags&Live != 0 && flags&DiskOnly != 0 {
 		return fail(fmt.Errorf("%w: Live needs a memory snapshot, not DiskOnly", ErrInvalidFlags))
 	}
+	if flags&Live != 0 && flags&External == 0 {
+		return fail(fmt.Errorf("%w: Live needs External (an internal snapshot stops the guest while QEMU writes it)", ErrInvalidFlags))
+	}
 	if !d.online() && flags&DiskOnly == 0 {
 		return fail(fmt.Errorf("%w: a shut-off domain has no memory to save; use DiskOnly", ErrUnsupported))
+	}
+	if !d.online() && flags&(External|Quiesce) != 0 {
+		return fail(fmt.Errorf("%w: %s needs a running domain", ErrUnsupported, flags&(External|Quiesce)))
+	}
+	if flags&Quiesce != 0 && d.opts.Agent == nil {
+		return fail(fmt.Errorf("%w: Quiesce needs a guest agent (Options.Agent)", ErrUnsupported))
 	}
 	if spec.Config == nil {
 		spec.Config = d.opts.Config
@@ -94,9 +115,6 @@ func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec Creat
 		return nil, err
 	}
 	defer unlock()
-	// The creation time is taken under the lock, so snapshots of one domain
-	// are ordered by creation time as they were taken.
-	now := time.Now()
 	if err := d.reconcile(ctx, op.setPhase); err != nil {
 		return nil, err
 	}
@@ -111,20 +129,28 @@ func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec Creat
 	if err != nil {
 		return nil, err
 	}
-	disks, err := selectDisks(all, spec.Disks, Disk.canSnapshotInternally)
+	canSnap := Disk.canSnapshotInternally
+	if flags&External != 0 {
+		canSnap = Disk.canSnapshotExternally
+	}
+	disks, err := selectDisks(all, spec.Disks, canSnap)
 	if err != nil {
 		return nil, err
 	}
-	for _, dk := range disks {
-		if _, ok := dk.snapshot(spec.Name); ok {
-			return nil, &DiskError{Disk: dk.name(), Err: fmt.Errorf("%w: the image already holds a snapshot of that name (adopt it or pick another name)", ErrExists)}
+	if flags&External == 0 {
+		for _, dk := range disks {
+			if _, ok := dk.snapshot(spec.Name); ok {
+				return nil, &DiskError{Disk: dk.name(), Err: fmt.Errorf("%w: the image already holds a snapshot of that name (adopt it or pick another name)", ErrExists)}
+			}
 		}
 	}
 
+	// The creation time is taken under the lock, so snapshots of one domain
+	// are ordered by creation time as they were taken.
 	s := &DomainSnapshot{
 		Name:         spec.Name,
 		Description:  spec.Description,
-		CreationTime: now,
+		CreationTime: time.Now(),
 		Config:       spec.Config,
 		Memory:       Memory{Kind: MemoryNone},
 	}
@@ -136,74 +162,31 @@ func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec Creat
 		}
 		wasRunning = st.Running
 	}
-	vmstate := disks[0]
-	if flags&DiskOnly != 0 {
-		s.State = StateDiskOnly
-	} else {
+	if flags&Quiesce != 0 && !wasRunning {
+		return nil, fmt.Errorf("%w: Quiesce needs a running guest (its agent cannot answer while paused)", ErrUnsupported)
+	}
+	s.State = StateDiskOnly
+	if flags&DiskOnly == 0 {
 		s.State = StatePaused
 		if wasRunning {
 			s.State = StateRunning
 		}
-		if spec.VMStateDisk != "" {
-			vs, err := selectDisks(disks, []string{spec.VMStateDisk}, Disk.canSnapshotInternally)
-			if err != nil {
-				return nil, fmt.Errorf("vmstate disk: %w", err)
-			}
-			vmstate = vs[0]
-		}
-		s.Memory = Memory{Kind: MemoryInternal, Node: vmstate.Node}
-		if !d.hasJobs() && len(disks) != countInternalCapable(all) {
-			return nil, fmt.Errorf("%w: this QEMU (%s) has no snapshot-save; its HMP savevm snaps every disk, so a subset of disks cannot be chosen", ErrUnsupported, d.features.Version)
-		}
-	}
-	for _, dk := range disks {
-		s.Disks = append(s.Disks, DiskSnapshot{Device: dk.Device, Node: dk.Node, File: dk.File, Kind: DiskInternal, Name: spec.Name})
 	}
 	if current, err := d.store.Current(ctx, d.uuid); err == nil {
 		s.Parent = current
 	} else {
 		return nil, err
 	}
-
-	meta := flags&NoMetadata == 0
-	if meta {
-		op.setPhase(PhaseWritingMeta)
-		if err := d.putIntent(ctx, s, intentCreating, wasRunning); err != nil {
-			return nil, err
-		}
-	}
-
-	var takeErr error
-	if flags&DiskOnly != 0 {
-		op.setPhase(PhaseSnappingDisks)
-		takeErr = d.snapInternal(ctx, disks, spec.Name)
+	c := &creation{d: d, op: op, s: s, flags: flags, disks: disks, all: all, wasRunning: wasRunning, meta: flags&NoMetadata == 0}
+	if flags&External != 0 {
+		err = c.external(ctx, spec)
 	} else {
-		op.setPhase(PhaseSavingMemory)
-		var dt time.Duration
-		dt, takeErr = d.saveInternal(ctx, op, disks, vmstate, spec.Name, wasRunning)
-		s.Downtime = dt
+		err = c.internal(ctx, spec)
 	}
-	if ctx.Err() != nil && !errors.Is(takeErr, ErrCanceled) {
-		takeErr = errors.Join(fmt.Errorf("%w: %w", ErrCanceled, ctx.Err()), takeErr)
+	if err != nil {
+		return nil, err
 	}
-	if takeErr != nil {
-		return nil, d.undoCreate(ctx, s, disks, wasRunning, meta, takeErr)
-	}
-
-	// Read back what QEMU recorded (ids, dates, vm clock, vmstate size).
-	if after, err := d.disks(ctx); err == nil {
-		fillFromDisks(s, after)
-	}
-	if flags&Halt != 0 && d.online() {
-		op.setPhase(PhasePausing)
-		if err := d.mon.Execute(ctx, "stop", nil, nil); err != nil {
-			return nil, d.undoCreate(ctx, s, disks, wasRunning, meta, fmt.Errorf("halt: %w", err))
-		}
-	} else if err := d.restoreRunning(ctx, wasRunning); err != nil {
-		// The snapshot is good; the guest is not running. Say so.
-		return s, err
-	}
-	if meta {
+	if c.meta {
 		op.setPhase(PhaseWritingMeta)
 		if err := d.commit(ctx, s); err != nil {
 			return nil, err
@@ -211,6 +194,110 @@ func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec Creat
 		s.Current = true
 	}
 	return s, nil
+}
+
+// creation is one Create in progress.
+type creation struct {
+	d          *Domain
+	op         *Op[*DomainSnapshot]
+	s          *DomainSnapshot
+	flags      Flags
+	disks, all []Disk
+	wasRunning bool
+	meta       bool
+}
+
+// intent stores the snapshot as "creating" before QEMU is touched.
+func (c *creation) intent(ctx context.Context, labels map[string]string) error {
+	if !c.meta {
+		return nil
+	}
+	c.op.setPhase(PhaseWritingMeta)
+	return c.d.putIntent(ctx, c.s, intentCreating, c.wasRunning, labels)
+}
+
+// finish leaves the guest as the flags say once the snapshot is taken:
+// paused with Halt, else running again if it ran.
+func (c *creation) finish(ctx context.Context) error {
+	d := c.d
+	if !d.online() {
+		return nil
+	}
+	if c.flags&Halt != 0 {
+		c.op.setPhase(PhasePausing)
+		st, err := d.guestState(ctx)
+		if err == nil && st.Running {
+			err = d.mon.Execute(ctx, "stop", nil, nil)
+		}
+		if err != nil {
+			return fmt.Errorf("halt: %w", err)
+		}
+		return nil
+	}
+	return d.restoreRunning(ctx, c.wasRunning)
+}
+
+// internal takes an internal snapshot: disk-only with one transaction,
+// full with the snapshot-save job (or HMP savevm).
+func (c *creation) internal(ctx context.Context, spec CreateSpec) error {
+	d, s, disks := c.d, c.s, c.disks
+	vmstate := disks[0]
+	if c.flags&DiskOnly == 0 {
+		if spec.VMStateDisk != "" {
+			vs, err := selectDisks(disks, []string{spec.VMStateDisk}, Disk.canSnapshotInternally)
+			if err != nil {
+				return fmt.Errorf("vmstate disk: %w", err)
+			}
+			vmstate = vs[0]
+		}
+		s.Memory = Memory{Kind: MemoryInternal, Node: vmstate.Node}
+		if !d.hasJobs() && len(disks) != countInternalCapable(c.all) {
+			return fmt.Errorf("%w: this QEMU (%s) has no snapshot-save; its HMP savevm snaps every disk, so a subset of disks cannot be chosen", ErrUnsupported, d.features.Version)
+		}
+	}
+	for _, dk := range disks {
+		s.Disks = append(s.Disks, DiskSnapshot{Device: dk.Device, Node: dk.Node, File: dk.File, Kind: DiskInternal, Name: s.Name})
+	}
+	if err := c.intent(ctx, nil); err != nil {
+		return err
+	}
+	var thaw func() error
+	if c.flags&Quiesce != 0 {
+		c.op.setPhase(PhaseQuiescing)
+		var err error
+		if thaw, err = freezeGuest(ctx, d.opts.Agent); err != nil {
+			return d.undoCreate(ctx, s, c.wasRunning, c.meta, fmt.Errorf("quiesce: %w", err))
+		}
+	}
+	var takeErr error
+	if c.flags&DiskOnly != 0 {
+		c.op.setPhase(PhaseSnappingDisks)
+		takeErr = d.snapInternal(ctx, disks, s.Name)
+	} else {
+		c.op.setPhase(PhaseSavingMemory)
+		var dt time.Duration
+		dt, takeErr = d.saveInternal(ctx, c.op, disks, vmstate, s.Name, c.wasRunning)
+		s.Downtime = dt
+	}
+	if thaw != nil {
+		if err := thaw(); err != nil && takeErr == nil {
+			takeErr = fmt.Errorf("thaw guest filesystems: %w", err)
+		}
+	}
+	if ctx.Err() != nil && !errors.Is(takeErr, ErrCanceled) {
+		takeErr = errors.Join(fmt.Errorf("%w: %w", ErrCanceled, ctx.Err()), takeErr)
+	}
+	if takeErr != nil {
+		return d.undoCreate(ctx, s, c.wasRunning, c.meta, takeErr)
+	}
+	// Read back what QEMU recorded (ids, dates, vm clock, vmstate size).
+	if after, err := d.disks(ctx); err == nil {
+		fillFromDisks(s, after)
+	}
+	if err := c.finish(ctx); err != nil {
+		return d.undoCreate(ctx, s, c.wasRunning, c.meta, err)
+	}
+	return nil
 }
 
 func nodeNames(disks []Disk) []string {
@@ -282,7 +369,7 @@ func (d *Domain) saveInternal(ctx context.Context, op *Op[*DomainSnapshot], disk
 // the attempt left, resumes the guest if it ran, and drops the intent. When
 // QEMU cannot be asked (a lost connection), the intent stays for the next
 // operation to reconcile: no record ever claims a snapshot as done.
-func (d *Domain) undoCreate(ctx context.Context, s *DomainSnapshot, disks []Disk, wasRunning, meta bool, cause error) error {
+func (d *Domain) undoCreate(ctx context.Context, s *DomainSnapshot, wasRunning, meta bool, cause error) error {
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
 	defer cancel()
 	var problems []error

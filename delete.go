@@ -110,6 +110,9 @@ func reverse(s []string) []string {
 // list only the disks that still hold the snapshot.
 func (d *Domain) deleteFromImages(ctx context.Context, r *store.Record, disks []Disk) error {
 	s := fromRecord(r)
+	if s.IsExternal() {
+		return d.deleteExternal(ctx, r, disks)
+	}
 	var have []DiskSnapshot
 	for _, ds := range s.Disks {
 		if dk, ok := matchDisk(disks, ds); ok {

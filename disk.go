@@ -28,6 +28,8 @@ type Disk struct {
 	ReadOnly bool
 	// Backing is the chain of backing files below File, nearest first.
 	Backing []string
+	// VirtualSize is the disk's size as the guest sees it, in bytes.
+	VirtualSize uint64
 	// Snapshots are the internal snapshots in the top image.
 	Snapshots []DiskSnapshot
 }
@@ -53,10 +55,15 @@ func (d Disk) snapshot(tag string) (DiskSnapshot, bool) {
 // canSnapshotInternally reports whether the disk can hold internal snapshots.
 func (d Disk) canSnapshotInternally() bool { return d.Format == "qcow2" && !d.ReadOnly }
 
+// canSnapshotExternally reports whether a qcow2 overlay can be put on the
+// disk: any writable image QEMU reports a file name for.
+func (d Disk) canSnapshotExternally() bool { return !d.ReadOnly && d.File != "" && d.Node != "" }
+
 type qmpImageInfo struct {
-	Filename  string `json:"filename"`
-	Format    string `json:"format"`
-	Snapshots []struct {
+	Filename    string `json:"filename"`
+	Format      string `json:"format"`
+	VirtualSize uint64 `json:"virtual-size"`
+	Snapshots   []struct {
 		ID          string `json:"id"`
 		Name        string `json:"name"`
 		VMStateSize uint64 `json:"vm-state-size"`
@@ -120,6 +127,7 @@ func queryDisks(ctx context.Context, mon qmp.Monitor) ([]Disk, error) {
 		if in.Image.Filename != "" {
 			d.File = in.Image.Filename
 		}
+		d.VirtualSize = in.Image.VirtualSize
 		for bi := in.Image.BackingImage; bi != nil; bi = bi.BackingImage {
 			d.Backing = append(d.Backing, bi.Filename)
 		}

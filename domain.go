@@ -27,9 +27,21 @@ type Options struct {
 	Config []byte
 	// Disks describe a shut-off domain's images for OpenOffline.
 	Disks []OfflineDisk
-	// QemuImg is the qemu-img binary used for shut-off domains; default
-	// "qemu-img" from PATH.
+	// QemuImg is the qemu-img binary used for shut-off domains and image
+	// work; default "qemu-img" from PATH.
 	QemuImg string
+	// Launcher stops and starts the domain's QEMU; reverting an external
+	// snapshot, or a disk-only one of a running domain, needs it.
+	Launcher Launcher
+	// Agent is the guest agent used by the Quiesce flag.
+	Agent GuestAgent
+	// MemoryDir is where external snapshots' memory files go. Empty means
+	// beside the metadata (the domain's directory of a *store.FileStore);
+	// another Store needs it set.
+	MemoryDir string
+	// NoBackgroundSnapshot makes Live snapshots use pre-copy even where
+	// QEMU and the host support background-snapshot.
+	NoBackgroundSnapshot bool
 }
 
 // OfflineDisk is one image of a shut-off domain.
@@ -45,13 +57,16 @@ type OfflineDisk struct {
 // for concurrent use; operations on it are serialised by the store's
 // per-domain lock, also across processes.
 type Domain struct {
-	mon      qmp.Monitor // nil when the domain is shut off
-	uuid     string
-	store    store.Store
-	features *qmp.Features
-	opts     Options
+	uuid  string
+	store store.Store
+	opts  Options
 
-	mu sync.Mutex // guards features refreshes
+	// mon and features change when a revert relaunches QEMU; operations
+	// read them under the store lock, accessors under mu.
+	mu       sync.Mutex
+	mon      qmp.Monitor // nil when the domain is shut off
+	features *qmp.Features
+	bgProbe  *bool // background-snapshot support, probed once per QEMU
 }
 
 // nilUUID is what QEMU reports when started without -uuid.
@@ -126,11 +141,32 @@ func newDomain(mon qmp.Monitor, uuid string, opts Options) (*Domain, error) {
 // UUID returns the domain's UUID.
 func (d *Domain) UUID() string { return d.uuid }
 
-// Monitor returns the domain's monitor (nil for a shut-off domain).
-func (d *Domain) Monitor() qmp.Monitor { return d.mon }
+// Monitor returns the domain's monitor (nil for a shut-off domain). A
+// revert through the Launcher replaces it with the new process's monitor.
+func (d *Domain) Monitor() qmp.Monitor {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.mon
+}
 
 // Features returns what the domain's QEMU supports (nil when shut off).
-func (d *Domain) Features() *qmp.Features { return d.features }
+func (d *Domain) Features() *qmp.Features {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.features
+}
+
+// setMonitor binds the monitor of a newly started QEMU and probes it.
+func (d *Domain) setMonitor(ctx context.Context, mon qmp.Monitor) error {
+	feat, err := qmp.Probe(ctx, mon)
+	if err != nil {
+		return fmt.Errorf("probe relaunched QEMU: %w", err)
+	}
+	d.mu.Lock()
+	d.mon, d.features, d.bgProbe = mon, feat, nil
+	d.mu.Unlock()
+	return nil
+}
 
 // Running reports whether the domain has a QEMU process bound.
 func (d *Domain) online() bool { return d.mon != nil }
@@ -139,20 +175,14 @@ func (d *Domain) online() bool { return d.mon != nil }
 // time in epoch seconds, as in the xl RFC.
 func DefaultName(t time.Time) string { return strconv.FormatInt(t.Unix(), 10) }
 
-// maxNameBytes is QEMU's limit on a snapshot tag (QEMUSnapshotInfo.name
-// holds 256 bytes with the NUL; longer tags are silently truncated, which
-// would let two names meet in one image).
-const maxNameBytes = 255
-
 // ValidateName reports whether name can name a snapshot; the error wraps
-// ErrInvalidName. Names are never used as paths or shell words unescaped;
-// this check keeps them printable, bounded and unambiguous.
+// ErrInvalidName. A name is 1 to store.MaxNameLen bytes of printable UTF-8,
+// not starting with a dot, without '/' (see store.ValidateName); that is
+// also well within QEMU's 255-byte limit on a snapshot tag. Names are never
+// used as paths or shell words unescaped.
 func ValidateName(name string) error {
 	if err := store.ValidateName(name); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidName, err)
-	}
-	if len(name) > maxNameBytes {
-		return fmt.Errorf("%w: %d bytes, QEMU keeps at most %d", ErrInvalidName, len(name), maxNameBytes)
 	}
 	return nil
 }

@@ -41,6 +41,23 @@ const jobPollInterval = 100 * time.Millisecond
 // caller rolls back. It returns ctx's error in that case only when the job
 // itself succeeded.
 func runJob(ctx context.Context, mon qmp.Monitor, id, command string, args map[string]any, progress func(cur, total uint64), observe func(qmp.Event)) error {
+	return runJobSpec(ctx, mon, jobSpec{id: id, command: command, args: args, progress: progress, observe: observe})
+}
+
+// jobSpec describes a job for runJobSpec.
+type jobSpec struct {
+	id, command string
+	args        map[string]any
+	progress    func(cur, total uint64)
+	observe     func(qmp.Event)
+	// completeWhenReady sends job-complete when the job reports "ready"
+	// (an active block-commit or a mirror waits there for it).
+	completeWhenReady bool
+}
+
+// runJobSpec is runJob with every option.
+func runJobSpec(ctx context.Context, mon qmp.Monitor, spec jobSpec) error {
+	id, command, args, progress, observe := spec.id, spec.command, spec.args, spec.progress, spec.observe
 	// The wait must outlive a cancelled ctx: the job goes on in QEMU.
 	wctx, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stop()
@@ -76,7 +93,16 @@ func runJob(ctx context.Context, mon qmp.Monitor, id, command string, args map[s
 				ID     string `json:"id"`
 				Status string `json:"status"`
 			}
-			if ev.DecodeData(&data) != nil || data.ID != id || data.Status != "concluded" {
+			if ev.DecodeData(&data) != nil || data.ID != id {
+				continue
+			}
+			if data.Status == "ready" && spec.completeWhenReady {
+				if err := mon.Execute(wctx, "job-complete", map[string]any{"id": id}, nil); err != nil {
+					return fmt.Errorf("complete job %s: %w", id, err)
+				}
+				continue
+			}
+			if data.Status != "concluded" {
 				continue
 			}
 			if info, err = findJob(wctx, mon, id); err != nil {

@@ -6,16 +6,21 @@ import (
 	"github.com/vmsnap/vmsnap/qmp"
 )
 
-// Launcher restarts a domain's QEMU process. The caller supplies it:
-// vmsnap never guesses a QEMU command line. Reverting an external snapshot,
-// or a disk-only snapshot of a running domain, needs one.
+// Launcher stops and starts a domain's QEMU process. The caller supplies
+// it: vmsnap never guesses a QEMU command line. Reverting an external
+// snapshot, or a disk-only snapshot of a running domain, needs one. vmsnap
+// calls Stop, works on the image files while no QEMU holds them, then
+// calls Start.
 type Launcher interface {
-	// Relaunch ends the domain's QEMU process (old is its monitor; nil when
-	// none runs) and starts it again as spec says, and returns a connected
-	// monitor to the new process. The new process must use the same QMP
-	// socket conventions as before, open spec.Disks as the disks' top
-	// images and append spec.ExtraArgs to its command line.
-	Relaunch(ctx context.Context, old qmp.Monitor, spec LaunchSpec) (qmp.Monitor, error)
+	// Stop ends the domain's QEMU process (old is its monitor, nil when
+	// none runs) and returns once the process has exited and released its
+	// image files.
+	Stop(ctx context.Context, old qmp.Monitor) error
+	// Start starts the domain's QEMU process as spec says and returns a
+	// connected monitor to it. The new process opens spec.Disks as the
+	// disks' top images and gets spec.ExtraArgs appended to its command
+	// line.
+	Start(ctx context.Context, spec LaunchSpec) (qmp.Monitor, error)
 }
 
 // LaunchSpec says how to start the domain's new QEMU process.

@@ -46,11 +46,15 @@ func (d *Domain) get(ctx context.Context, name string) (*DomainSnapshot, error) 
 }
 
 // putIntent stores s with an intent status before QEMU is touched.
-func (d *Domain) putIntent(ctx context.Context, s *DomainSnapshot, in intent, guestWasRunning bool) error {
+func (d *Domain) putIntent(ctx context.Context, s *DomainSnapshot, in intent, guestWasRunning bool, labels map[string]string) error {
 	r := toRecord(s)
 	r.Status = store.Status(in)
+	r.Labels = map[string]string{}
+	for k, v := range labels {
+		r.Labels[k] = v
+	}
 	if guestWasRunning {
-		r.Labels = map[string]string{labelGuestWasRunning: "true"}
+		r.Labels[labelGuestWasRunning] = "true"
 	}
 	return d.store.Put(ctx, d.uuid, r)
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os/exec"
 	"time"
@@ -114,6 +115,9 @@ func (d *Domain) qemuImgOutput(ctx context.Context, args ...string) ([]byte, err
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
+		if errors.Is(err, exec.ErrNotFound) {
+			return nil, fmt.Errorf("%w: %s is not installed: %w", ErrUnsupported, d.opts.QemuImg, err)
+		}
 		msg := bytes.TrimSpace(stderr.Bytes())
 		return nil, fmt.Errorf("qemu-img %s: %w: %s", args[0], err, msg)
 	}

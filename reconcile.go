@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 
 	"github.com/vmsnap/vmsnap/store"
 )
@@ -62,6 +63,9 @@ func (d *Domain) reconcile(ctx context.Context, setPhase func(Phase)) error {
 
 func (d *Domain) reconcileCreate(ctx context.Context, r *store.Record, disks []Disk) error {
 	s := fromRecord(r)
+	if s.IsExternal() {
+		return d.reconcileCreateExternal(ctx, r, s, disks)
+	}
 	var have []DiskSnapshot
 	for _, ds := range s.Disks {
 		if dk, ok := matchDisk(disks, ds); ok {
@@ -100,6 +104,12 @@ func (d *Domain) reconcileCreate(ctx context.Context, r *store.Record, disks []D
 
 func (d *Domain) reconcileDelete(ctx context.Context, r *store.Record, disks []Disk) error {
 	s := fromRecord(r)
+	if s.IsExternal() {
+		if err := d.deleteExternal(ctx, r, disks); err != nil {
+			return err
+		}
+		return d.removeRecord(ctx, s.Name)
+	}
 	var have []DiskSnapshot
 	for _, ds := range s.Disks {
 		if dk, ok := matchDisk(disks, ds); ok {
@@ -115,4 +125,37 @@ func (d *Domain) reconcileDelete(ctx context.Context, r *store.Record, disks []D
 		}
 	}
 	return d.removeRecord(ctx, s.Name)
+}
+
+// reconcileCreateExternal settles an external create cut short. If the
+// overlays are on the disks, the disk part happened; whether the memory
+// file was completed cannot be told from the file, so the snapshot is
+// committed as disk-only (what it surely is) and the memory file goes. If
+// no overlay is on a disk, the files the attempt made go with the record.
+func (d *Domain) reconcileCreateExternal(ctx context.Context, r *store.Record, s *DomainSnapshot, disks []Disk) error {
+	done, none := externalDone(s, disks)
+	if r.Labels[labelGuestWasRunning] == "true" {
+		if err := d.restoreRunning(ctx, true); err != nil {
+			return err
+		}
+	}
+	switch {
+	case done:
+		if s.Memory.File != "" {
+			os.Remove(s.Memory.File)
+		}
+		s.Memory = Memory{Kind: MemoryNone}
+		s.State = StateDiskOnly
+		s.Problems = nil
+		return d.commit(ctx, s)
+	case none:
+		for _, ds := range s.Disks {
+			os.Remove(ds.Overlay)
+		}
+		if s.Memory.File != "" {
+			os.Remove(s.Memory.File)
+		}
+		return d.store.Delete(ctx, d.uuid, s.Name)
+	}
+	return fmt.Errorf("%w: only some disks have the snapshot's overlay on top", ErrInconsistent)
 }

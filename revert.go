@@ -57,15 +57,25 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 	if err != nil {
 		return nil, err
 	}
-	if s.IsExternal() {
-		return nil, fmt.Errorf("%w: reverting external snapshots is not available in this version", ErrUnsupported)
-	}
 	if len(s.Disks) == 0 {
 		return nil, fmt.Errorf("%w: the snapshot holds no disk", ErrInconsistent)
 	}
 	disks, err := d.disks(ctx)
 	if err != nil {
 		return nil, err
+	}
+	wantRunning := s.State == StateRunning || s.State == StateDiskOnly
+	switch {
+	case flags&RevertRunning != 0:
+		wantRunning = true
+	case flags&RevertPaused != 0:
+		wantRunning = false
+	}
+	if s.IsExternal() {
+		if !d.online() {
+			return nil, fmt.Errorf("%w: reverting an external snapshot of a shut-off domain: start the domain first", ErrUnsupported)
+		}
+		return d.revertRelaunch(ctx, op, s, disks, wantRunning)
 	}
 	var missing []string
 	for i, ds := range s.Disks {
@@ -90,19 +100,15 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 		return d.markCurrent(ctx, s)
 	}
 	if s.IsDiskOnly() {
-		return nil, fmt.Errorf("%w: QEMU cannot load a disk-only snapshot into a running guest; shut the domain off and revert it offline (OpenOffline, qemu-img snapshot -a)", ErrUnsupported)
+		if d.opts.Launcher == nil {
+			return nil, fmt.Errorf("%w: QEMU cannot load a disk-only snapshot into a running guest; give the Domain a Launcher (Options.Launcher) to restart QEMU on the reverted disks, or shut the domain off and revert it offline (OpenOffline, qemu-img snapshot -a)", ErrUnsupported)
+		}
+		return d.revertRelaunch(ctx, op, s, disks, wantRunning)
 	}
 
 	st, err := d.guestState(ctx)
 	if err != nil {
 		return nil, err
-	}
-	wantRunning := s.State == StateRunning
-	switch {
-	case flags&RevertRunning != 0:
-		wantRunning = true
-	case flags&RevertPaused != 0:
-		wantRunning = false
 	}
 	// Record the intent on the target record: if we crash or lose QEMU
 	// from here on, the next operation learns from the job whether the

@@ -2,6 +2,7 @@ package fakeqemu
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -454,7 +455,10 @@ func (s *Server) externalSnapshot(b *blockState, a externalSnapshotArgs) *qerr {
 	switch a.Mode {
 	case "", "absolute-paths":
 	case "existing":
-		return generic("fakeqemu does not simulate mode 'existing'")
+		// QEMU opens the overlay the caller made; it must be there.
+		if _, err := os.Stat(a.SnapshotFile); err != nil {
+			return generic("Could not open '%s': No such file or directory", a.SnapshotFile)
+		}
 	default:
 		return generic("Parameter 'mode' does not accept value '%s'", a.Mode)
 	}

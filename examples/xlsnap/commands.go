@@ -1,0 +1,232 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/vmsnap/vmsnap"
+)
+
+// oneDomain checks that exactly one positional argument, DOMAIN, is left
+// (or DOMAIN and an optional NAME when allowName).
+func domainArgs(pos []string, allowName bool) (domain, name string, err error) {
+	max := 1
+	if allowName {
+		max = 2
+	}
+	switch {
+	case len(pos) == 0:
+		return "", "", usagef("missing DOMAIN (the path of the domain's QMP socket)")
+	case len(pos) > max:
+		return "", "", usagef("unexpected argument %q", pos[max])
+	case pos[0] == "":
+		return "", "", usagef("empty DOMAIN")
+	}
+	if len(pos) == 2 {
+		name = pos[1]
+	}
+	return pos[0], name, nil
+}
+
+func cmdCreate(ctx context.Context, g *globals, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("snapshot-create")
+	g.register(fs)
+	var spec vmsnap.CreateSpec
+	var diskOnly, external, live, quiesce bool
+	fs.StringVar(&spec.Name, "n", "", "snapshot `NAME` (default: the creation time in epoch seconds)")
+	fs.StringVar(&spec.Description, "d", "", "`DESCRIPTION`")
+	fs.BoolVar(&diskOnly, "disk-only", false, "snapshot the disks only, no memory")
+	fs.BoolVar(&external, "external", false, "external snapshot (overlays and a memory file)")
+	fs.BoolVar(&live, "live", false, "keep the guest running while memory is saved (implies --external)")
+	fs.BoolVar(&quiesce, "quiesce", false, "freeze guest filesystems through the guest agent")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	domain, _, err := domainArgs(pos, false)
+	if err != nil {
+		return err
+	}
+	var flags vmsnap.Flags
+	for _, f := range []struct {
+		set  bool
+		flag vmsnap.Flags
+	}{{diskOnly, vmsnap.DiskOnly}, {external || live, vmsnap.External}, {live, vmsnap.Live}, {quiesce, vmsnap.Quiesce}} {
+		if f.set {
+			flags |= f.flag
+		}
+	}
+	if spec.Name != "" {
+		if err := vmsnap.ValidateName(spec.Name); err != nil {
+			return fmt.Errorf("snapshot %q: %w", spec.Name, err)
+		}
+	}
+	s, err := open(ctx, g, domain)
+	if err != nil {
+		return withName(spec.Name, err)
+	}
+	defer s.close()
+	op := s.dom.Create(ctx, spec, flags)
+	stopBar := startProgress(stderr, op.Progress, op.Done())
+	snap, err := wait(ctx, op)
+	stopBar()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(stdout, snap.Name)
+	return nil
+}
+
+func cmdRevert(ctx context.Context, g *globals, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("snapshot-revert")
+	g.register(fs)
+	var name string
+	var running, paused, force bool
+	fs.StringVar(&name, "n", "", "snapshot `NAME` (required)")
+	fs.BoolVar(&running, "running", false, "leave the guest running")
+	fs.BoolVar(&paused, "paused", false, "leave the guest paused")
+	fs.BoolVar(&force, "force", false, "revert even where state would be lost")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	domain, _, err := domainArgs(pos, false)
+	if err != nil {
+		return err
+	}
+	if name == "" {
+		return usagef("-n NAME is required")
+	}
+	if running && paused {
+		return usagef("--running and --paused exclude each other")
+	}
+	var flags vmsnap.Flags
+	if running {
+		flags |= vmsnap.RevertRunning
+	}
+	if paused {
+		flags |= vmsnap.RevertPaused
+	}
+	if force {
+		flags |= vmsnap.RevertForce
+	}
+	s, err := open(ctx, g, domain)
+	if err != nil {
+		return withName(name, err)
+	}
+	defer s.close()
+	if snap, err := s.dom.Get(ctx, name); err == nil && snap.IsExternal() && s.launcher == nil {
+		return fmt.Errorf("snapshot %q is external: reverting it restarts QEMU, so give the command line to start it with --launch-cmd or --launch-config; refusing to revert", name)
+	}
+	_, err = wait(ctx, s.dom.Revert(ctx, name, flags))
+	return err
+}
+
+func cmdDelete(ctx context.Context, g *globals, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("snapshot-delete")
+	g.register(fs)
+	var name string
+	var children, metadataOnly bool
+	fs.StringVar(&name, "n", "", "snapshot `NAME` (required)")
+	fs.BoolVar(&children, "children", false, "delete the snapshot's descendants too")
+	fs.BoolVar(&metadataOnly, "metadata-only", false, "remove the record only, leave the images alone")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	domain, _, err := domainArgs(pos, false)
+	if err != nil {
+		return err
+	}
+	if name == "" {
+		return usagef("-n NAME is required")
+	}
+	var flags vmsnap.Flags
+	if children {
+		flags |= vmsnap.DeleteChildren
+	}
+	if metadataOnly {
+		flags |= vmsnap.DeleteMetadataOnly
+	}
+	s, err := open(ctx, g, domain)
+	if err != nil {
+		return withName(name, err)
+	}
+	defer s.close()
+	deleted, err := wait(ctx, s.dom.Delete(ctx, name, flags))
+	for _, n := range deleted {
+		fmt.Fprintln(stdout, n)
+	}
+	return err
+}
+
+func cmdList(ctx context.Context, g *globals, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("snapshot-list")
+	g.register(fs)
+	var long, tree, asJSON bool
+	fs.BoolVar(&long, "long", false, "print every field")
+	fs.BoolVar(&tree, "tree", false, "print the snapshot tree")
+	fs.BoolVar(&asJSON, "json", false, "print a JSON array")
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
+	}
+	domain, name, err := domainArgs(pos, true)
+	if err != nil {
+		return err
+	}
+	n := 0
+	for _, b := range []bool{long, tree, asJSON} {
+		if b {
+			n++
+		}
+	}
+	if n > 1 {
+		return usagef("--long, --tree and --json exclude each other")
+	}
+	s, err := open(ctx, g, domain)
+	if err != nil {
+		return withName(name, err)
+	}
+	defer s.close()
+	l, listErr := wait(ctx, s.dom.List(ctx, 0))
+	if l == nil {
+		return listErr
+	}
+	// With a damaged record, List returns the good ones and an error: print
+	// them, then fail with that error.
+	if name != "" {
+		l = only(l, name)
+		if len(l.Snapshots) == 0 && len(l.Untracked) == 0 {
+			if listErr != nil {
+				return listErr
+			}
+			return fmt.Errorf("snapshot %q: %w in domain %s", name, vmsnap.ErrNotFound, s.dom.UUID())
+		}
+	}
+	switch {
+	case asJSON:
+		if err := printJSON(stdout, l); err != nil {
+			return err
+		}
+	case tree:
+		printTree(stdout, l)
+	case long:
+		printLong(stdout, l)
+	default:
+		printPlain(stdout, l)
+	}
+	return listErr
+}
+
+// withName makes an error from before the operation started name the
+// snapshot it was for.
+func withName(name string, err error) error {
+	var ue *usageError
+	if name == "" || errors.As(err, &ue) {
+		return err
+	}
+	return fmt.Errorf("snapshot %q: %w", name, err)
+}

@@ -1,0 +1,75 @@
+// Command xlsnap is the RFC's xl snapshot commands as a program: it takes,
+// lists, reverts and deletes snapshots of a running QEMU domain through
+// its QMP socket, with the metadata kept in xl syntax under a store root.
+//
+// Usage:
+//
+//	xlsnap [global options] snapshot-create [-n NAME] [-d DESCRIPTION] [--disk-only] [--external] [--live] [--quiesce] DOMAIN
+//	xlsnap [global options] snapshot-list [--long | --tree | --json] DOMAIN [NAME]
+//	xlsnap [global options] snapshot-revert -n NAME [--running | --paused] [--force] DOMAIN
+//	xlsnap [global options] snapshot-delete -n NAME [--children] [--metadata-only] DOMAIN
+//
+// DOMAIN is the path of the domain's QMP unix socket. Global options go
+// before the subcommand or after it:
+//
+//	--store DIR            metadata root (default /var/lib/xen/snapshots)
+//	--uuid UUID            the domain's UUID, required when QEMU runs without -uuid
+//	--launch-cmd CMDLINE   QEMU command line to restart the domain with (split
+//	                       like a shell would, but no shell runs it)
+//	--launch-config FILE   the same, one argv word per line
+//	--timeout DURATION     how long to wait for the monitor (default 10s)
+//
+// The metadata of a domain is keyed by the UUID QEMU reports (query-uuid).
+// Without -n, snapshot-create names the snapshot after the creation time
+// in epoch seconds; it prints the name it used. --live implies --external:
+// only an external snapshot can write memory while the guest runs.
+// snapshot-delete prints the names it deleted.
+//
+// snapshot-list prints one snapshot per line, name and creation time, as
+// xl list does; snapshots found in the images with no record follow,
+// marked "(untracked)". --long prints every field, --tree draws the
+// parent/child tree and marks the current snapshot with "*". --json prints
+// a JSON array of objects (untracked snapshots are not included):
+//
+//	name           string
+//	description    string
+//	creation_time  string, RFC 3339 in UTC
+//	state          string: running, paused, shutoff or disk-only
+//	parent         string, "" for a root
+//	current        bool
+//	memory         object: kind (none, internal, external), node, file
+//	disks          array of objects:
+//	    device, file, kind (internal, external), id, name, overlay   strings
+//	    vm_state_size   integer, bytes
+//	    date            string, RFC 3339 in UTC ("" when QEMU reported none)
+//	    vm_clock        string, the guest clock as HH:MM:SS.mmm
+//	problems       array of strings: where the record and QEMU disagree
+//	downtime_ms    number: how long the guest was stopped by the snapshot
+//
+// With NAME, only that snapshot is printed (in --json still as an array).
+//
+// A failed command prints one line on stderr naming the snapshot and what
+// went wrong, and exits with status 1; a usage error exits with status 2.
+// While a memory state is written and stderr is a terminal, a progress bar
+// is drawn on stderr.
+//
+// Reverting an external snapshot restarts QEMU: it needs --launch-cmd or
+// --launch-config, whose command line must serve QMP on DOMAIN (e.g.
+// -qmp unix:DOMAIN,server=on,wait=off) and name the disks' images; the
+// images are replaced by those the revert asks for. Without one such a
+// revert is refused.
+package main
+
+import (
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}

@@ -1,0 +1,8 @@
+//go:build !linux
+
+package main
+
+import "github.com/vmsnap/vmsnap/qmp"
+
+// peerPid returns 0: only Linux tells a socket's peer pid here.
+func peerPid(_ qmp.Monitor, _ string) int { return 0 }

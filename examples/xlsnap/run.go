@@ -1,0 +1,152 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/vmsnap/vmsnap/store"
+)
+
+// Exit statuses.
+const (
+	exitOK    = 0
+	exitFail  = 1
+	exitUsage = 2
+)
+
+const usageText = `usage: xlsnap [--store DIR] [--uuid UUID] [--launch-cmd CMDLINE | --launch-config FILE] [--timeout D] COMMAND ...
+  snapshot-create [-n NAME] [-d DESCRIPTION] [--disk-only] [--external] [--live] [--quiesce] DOMAIN
+  snapshot-list [--long | --tree | --json] DOMAIN [NAME]
+  snapshot-revert -n NAME [--running | --paused] [--force] DOMAIN
+  snapshot-delete -n NAME [--children] [--metadata-only] DOMAIN
+DOMAIN is the path of the domain's QMP unix socket.
+`
+
+// globals are the options valid before and after the subcommand.
+type globals struct {
+	store        string
+	uuid         string
+	launchCmd    string
+	launchConfig string
+	timeout      time.Duration
+}
+
+// register adds the global options to fs with g's current values as
+// defaults, so that a subcommand's flag set keeps what was given before
+// the subcommand.
+func (g *globals) register(fs *flag.FlagSet) {
+	fs.StringVar(&g.store, "store", g.store, "metadata root `DIR`")
+	fs.StringVar(&g.uuid, "uuid", g.uuid, "the domain's `UUID` (needed when QEMU runs without -uuid)")
+	fs.StringVar(&g.launchCmd, "launch-cmd", g.launchCmd, "QEMU `CMDLINE` to restart the domain with (no shell runs it)")
+	fs.StringVar(&g.launchConfig, "launch-config", g.launchConfig, "`FILE` with the QEMU command line, one argv word per line")
+	fs.DurationVar(&g.timeout, "timeout", g.timeout, "how long to wait for the domain's monitor")
+}
+
+// usageError is a command line the program cannot run: exit status 2.
+type usageError struct{ msg string }
+
+func (e *usageError) Error() string { return e.msg }
+
+func usagef(format string, args ...any) error { return &usageError{msg: fmt.Sprintf(format, args...)} }
+
+// command is one subcommand: it parses its own arguments and runs.
+type command func(ctx context.Context, g *globals, args []string, stdout, stderr io.Writer) error
+
+var commands = map[string]command{
+	"snapshot-create": cmdCreate,
+	"snapshot-list":   cmdList,
+	"snapshot-revert": cmdRevert,
+	"snapshot-delete": cmdDelete,
+}
+
+// run is the program: it parses args (without the program name), runs
+// the subcommand and returns the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	g := globals{store: store.DefaultRoot, timeout: 10 * time.Second}
+	fs := newFlagSet("xlsnap")
+	g.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return report(stderr, "", err)
+	}
+	rest := fs.Args()
+	if len(rest) == 0 {
+		return report(stderr, "", usagef("no command given"))
+	}
+	cmd, ok := commands[rest[0]]
+	if !ok {
+		return report(stderr, "", usagef("unknown command %q", rest[0]))
+	}
+	return report(stderr, rest[0], cmd(ctx, &g, rest[1:], stdout, stderr))
+}
+
+// report prints err as one line and returns the exit status.
+func report(stderr io.Writer, cmd string, err error) int {
+	if err == nil {
+		return exitOK
+	}
+	prefix := "xlsnap: "
+	if cmd != "" {
+		prefix += cmd + ": "
+	}
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprint(stderr, usageText)
+		return exitOK
+	}
+	var ue *usageError
+	if errors.As(err, &ue) {
+		fmt.Fprintf(stderr, "%s%s\n%s", prefix, oneLine(err.Error()), usageText)
+		return exitUsage
+	}
+	fmt.Fprintf(stderr, "%s%s\n", prefix, oneLine(err.Error()))
+	return exitFail
+}
+
+// oneLine folds a multi-line message (go-multierror's list) into one line.
+func oneLine(s string) string {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	var parts []string
+	for _, l := range lines {
+		l = strings.TrimSpace(strings.TrimPrefix(strings.TrimSpace(l), "* "))
+		if l != "" {
+			parts = append(parts, l)
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+func newFlagSet(name string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard) // errors are reported by report, as one line
+	return fs
+}
+
+// parseArgs parses flags and positional arguments in any order (flags may
+// follow DOMAIN); everything after "--" is positional.
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for len(args) > 0 {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, usagef("%v", err)
+		}
+		rest := fs.Args()
+		// flag.Parse stops before a positional argument, or right after a
+		// "--" it consumed.
+		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		if len(rest) == 0 {
+			break
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+	return pos, nil
+}

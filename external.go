@@ -1,0 +1,361 @@
+package vmsnap
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/vmsnap/vmsnap/qmp"
+	"github.com/vmsnap/vmsnap/store"
+)
+
+// fileNameFor returns a file-name-safe form of a snapshot name: the escaping
+// of the store's record files (injective, no '/', no leading dot), or a hash
+// when that would make an over-long file name.
+func fileNameFor(name string) string {
+	esc := strings.TrimSuffix(strings.TrimPrefix(store.RecordFileName(name), "snapshotdata-"), ".xl")
+	if len(esc) > 96 {
+		sum := sha256.Sum256([]byte(name))
+		esc = "h" + hex.EncodeToString(sum[:12])
+	}
+	return esc
+}
+
+// overlayPath is where the overlay of image for snapshot name goes: beside
+// the image, "<image stem>.<escaped name>.qcow2".
+func overlayPath(image, name, purpose string) string {
+	dir, base := filepath.Split(image)
+	stem := strings.TrimSuffix(base, filepath.Ext(base))
+	if len(stem) > 100 {
+		sum := sha256.Sum256([]byte(stem))
+		stem = stem[:40] + "-" + hex.EncodeToString(sum[:8])
+	}
+	return filepath.Join(dir, stem+"."+purpose+fileNameFor(name)+".qcow2")
+}
+
+// newNodeName makes a block node name QEMU accepts (a letter, then at most
+// 30 of [A-Za-z0-9_-]) that no other node has.
+func newNodeName() string {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return "vmsnap-" + hex.EncodeToString(b[:])
+}
+
+// createOverlay creates path as a new qcow2 image backed by base (of format
+// baseFormat) with the given virtual size. The file is created 0600 and
+// exclusively first, so an existing file is never overwritten; qemu-img
+// then formats it without opening the backing file (QEMU holds it).
+func (d *Domain) createOverlay(ctx context.Context, path, base, baseFormat string, size uint64) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return fmt.Errorf("%w: overlay %s exists already", ErrExists, path)
+		}
+		return fmt.Errorf("create overlay: %w", err)
+	}
+	f.Close()
+	if baseFormat == "" {
+		baseFormat = "qcow2"
+	}
+	err = d.qemuImg(ctx, "create", "-q", "-f", "qcow2", "-u", "-F", baseFormat, "-b", base, "--", path, strconv.FormatUint(size, 10))
+	if err != nil {
+		os.Remove(path)
+		return fmt.Errorf("create overlay %s: %w", path, err)
+	}
+	return nil
+}
+
+// snapExternalDisks puts each disk's prepared overlay on top of it in one
+// transaction (blockdev-snapshot-sync, mode existing): all or none.
+func snapExternalDisks(ctx context.Context, mon qmp.Monitor, disks []Disk, overlays []string) error {
+	type action struct {
+		Type string         `json:"type"`
+		Data map[string]any `json:"data"`
+	}
+	actions := make([]action, len(disks))
+	for i, dk := range disks {
+		actions[i] = action{Type: "blockdev-snapshot-sync", Data: map[string]any{
+			"node-name":          dk.Node,
+			"snapshot-file":      overlays[i],
+			"snapshot-node-name": newNodeName(),
+			"format":             "qcow2",
+			"mode":               "existing",
+		}}
+	}
+	return mon.Execute(ctx, "transaction", map[string]any{"actions": actions}, nil)
+}
+
+// prepareExternal fills s.Disks with each disk's frozen image and the
+// overlay to create, and creates the overlay files. On error it removes
+// the ones it created.
+func (d *Domain) prepareExternal(ctx context.Context, s *DomainSnapshot, disks []Disk) ([]string, error) {
+	overlays := make([]string, len(disks))
+	for i, dk := range disks {
+		overlays[i] = overlayPath(dk.File, s.Name, "")
+		s.Disks = append(s.Disks, DiskSnapshot{Device: dk.Device, Node: dk.Node, File: dk.File, Kind: DiskExternal, Name: s.Name, Overlay: overlays[i]})
+	}
+	for i, dk := range disks {
+		if err := d.createOverlay(ctx, overlays[i], dk.File, dk.Format, dk.VirtualSize); err != nil {
+			removeFiles(overlays[:i])
+			return nil, &DiskError{Disk: dk.name(), Err: err}
+		}
+	}
+	return overlays, nil
+}
+
+func removeFiles(paths []string) {
+	for _, p := range paths {
+		if p != "" {
+			os.Remove(p)
+		}
+	}
+}
+
+// externalDone reports whether every disk of s now has its overlay on top
+// (the external disk transaction happened).
+func externalDone(s *DomainSnapshot, disks []Disk) (done, none bool) {
+	done, none = true, true
+	for _, ds := range s.Disks {
+		if ds.Kind != DiskExternal {
+			continue
+		}
+		on := false
+		for _, dk := range disks {
+			if dk.File == ds.Overlay || slicesContains(dk.Backing, ds.Overlay) {
+				on = true
+			}
+		}
+		done = done && on
+		none = none && !on
+	}
+	return done, none
+}
+
+func slicesContains(list []string, v string) bool {
+	for _, x := range list {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// memoryPath is where the memory file of snapshot name goes.
+func (d *Domain) memoryPath(name string) (string, error) {
+	dir := d.opts.MemoryDir
+	if dir == "" {
+		fs, ok := d.store.(*store.FileStore)
+		if !ok {
+			return "", fmt.Errorf("%w: external memory needs Options.MemoryDir with a %T store", ErrUnsupported, d.store)
+		}
+		dir = filepath.Join(fs.Root(), d.uuid)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, fileNameFor(name)+".save"), nil
+}
+
+// liveMode chooses how a Live snapshot writes memory: background-snapshot
+// when QEMU and the host kernel support it (probed once), else pre-copy.
+func (d *Domain) liveMode(ctx context.Context) memoryMode {
+	if d.opts.NoBackgroundSnapshot {
+		return memoryPrecopy
+	}
+	if d.bgProbe == nil {
+		ok, err := backgroundSnapshotSupported(ctx, d.mon, d.features)
+		ok = ok && err == nil
+		d.bgProbe = &ok
+	}
+	if *d.bgProbe {
+		return memoryBackground
+	}
+	return memoryPrecopy
+}
+
+const labelMemoryMode = "vmsnap.memory-mode"
+
+// external takes an external snapshot: overlays on the disks in one
+// transaction, and for a full snapshot the memory in a file, at the same
+// instant.
+func (c *creation) external(ctx context.Context, spec CreateSpec) error {
+	d, s := c.d, c.s
+	overlays, err := d.prepareExternal(ctx, s, c.disks)
+	if err != nil {
+		return err
+	}
+	mode := memoryStopped
+	labels := map[string]string{}
+	if c.flags&DiskOnly == 0 {
+		path, err := d.memoryPath(s.Name)
+		if err != nil {
+			removeFiles(overlays)
+			return err
+		}
+		s.Memory = Memory{Kind: MemoryExternal, File: path}
+		if c.flags&Live != 0 && c.wasRunning {
+			mode = d.liveMode(ctx)
+		}
+		labels[labelMemoryMode] = mode.String()
+	}
+	if err := c.intent(ctx, labels); err != nil {
+		removeFiles(overlays)
+		return err
+	}
+	var thaw func() error
+	if c.flags&Quiesce != 0 {
+		c.op.setPhase(PhaseQuiescing)
+		if thaw, err = freezeGuest(ctx, d.opts.Agent); err != nil {
+			return c.undoExternal(ctx, overlays, false, fmt.Errorf("quiesce: %w", err))
+		}
+	}
+	snapped := false
+	snapDisks := func(ctx context.Context) error {
+		c.op.setPhase(PhaseSnappingDisks)
+		if err := snapExternalDisks(ctx, d.mon, c.disks, overlays); err != nil {
+			return err
+		}
+		snapped = true
+		c.op.setPhase(PhaseSavingMemory)
+		return nil
+	}
+	var takeErr error
+	if c.flags&DiskOnly != 0 {
+		takeErr = snapDisks(ctx)
+	} else {
+		c.op.setPhase(PhaseSavingMemory)
+		var res memorySaveResult
+		res, takeErr = saveMemory(ctx, d.mon, d.features, s.Memory.File, mode, c.op.setBytes, snapDisks)
+		s.Downtime = res.Downtime
+		if takeErr == nil && res.Mode != mode {
+			labels[labelMemoryMode] = res.Mode.String()
+		}
+	}
+	if thaw != nil {
+		if err := thaw(); err != nil && takeErr == nil {
+			takeErr = fmt.Errorf("thaw guest filesystems: %w", err)
+		}
+	}
+	if takeErr == nil && ctx.Err() != nil {
+		takeErr = fmt.Errorf("%w: %w", ErrCanceled, ctx.Err())
+	}
+	if takeErr != nil {
+		return c.undoExternal(ctx, overlays, snapped, takeErr)
+	}
+	for i := range s.Disks {
+		if fi, err := os.Stat(s.Disks[i].Overlay); err == nil {
+			s.Disks[i].Date = fi.ModTime()
+		}
+	}
+	return c.finish(ctx)
+}
+
+// undoExternal rolls back an external create: overlays already on the
+// disks are merged back (their data is the guest's, written since) and
+// every file the attempt made is removed; the guest runs if it ran; the
+// intent goes. When QEMU cannot be asked the intent stays for the next
+// operation to reconcile.
+func (c *creation) undoExternal(ctx context.Context, overlays []string, snapped bool, cause error) error {
+	d, s := c.d, c.s
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+	defer cancel()
+	var problems []error
+	if snapped || errors.Is(cause, qmp.ErrClosed) {
+		if err := d.unsnapExternal(cctx, s); err != nil {
+			problems = append(problems, err)
+		}
+	}
+	if len(problems) == 0 {
+		removeFiles(overlays)
+		if s.Memory.File != "" {
+			os.Remove(s.Memory.File)
+		}
+	}
+	if err := d.restoreRunning(cctx, c.wasRunning); err != nil {
+		problems = append(problems, err)
+	}
+	if c.meta && len(problems) == 0 {
+		if err := d.store.Delete(cctx, d.uuid, s.Name); err != nil && !isStoreNotFound(err) {
+			problems = append(problems, fmt.Errorf("drop intent: %w", err))
+		}
+	}
+	if len(problems) > 0 {
+		return fmt.Errorf("%w (and rolling back: %w)", cause, errors.Join(problems...))
+	}
+	return cause
+}
+
+// unsnapExternal merges back every overlay of s that QEMU has on top of a
+// disk (active block-commit), so the disks are as before the snapshot with
+// the guest's writes since kept.
+func (d *Domain) unsnapExternal(ctx context.Context, s *DomainSnapshot) error {
+	disks, err := d.disks(ctx)
+	if err != nil {
+		return fmt.Errorf("cannot check the disks: %w", err)
+	}
+	nodes, err := d.nodesByFile(ctx)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, ds := range s.Disks {
+		for _, dk := range disks {
+			if dk.File != ds.Overlay {
+				continue
+			}
+			base, ok := nodes[ds.File]
+			if !ok {
+				errs = append(errs, &DiskError{Disk: dk.name(), Err: fmt.Errorf("no node for %s", ds.File)})
+				continue
+			}
+			if err := d.blockCommit(ctx, dk.Node, "", base); err != nil {
+				errs = append(errs, &DiskError{Disk: dk.name(), Err: err})
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// nodesByFile maps each image file QEMU has open to its format node.
+func (d *Domain) nodesByFile(ctx context.Context) (map[string]string, error) {
+	var nodes []struct {
+		NodeName string `json:"node-name"`
+		Drv      string `json:"drv"`
+		File     string `json:"file"`
+	}
+	if err := d.mon.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
+		return nil, err
+	}
+	out := map[string]string{}
+	for _, n := range nodes {
+		if n.Drv == "file" || n.Drv == "host_device" || n.NodeName == "" {
+			continue
+		}
+		if _, seen := out[n.File]; !seen {
+			out[n.File] = n.NodeName
+		}
+	}
+	return out, nil
+}
+
+// blockCommit merges the layers above base into base. With top empty it
+// is an active commit of device's whole chain above base (job-complete on
+// ready); otherwise top, an intermediate node, is merged and QEMU points
+// its overlay at base.
+func (d *Domain) blockCommit(ctx context.Context, device, top, base string) error {
+	args := map[string]any{"device": device, "base-node": base, "auto-dismiss": false}
+	if top != "" {
+		args["top-node"] = top
+	}
+	return runJobSpec(ctx, d.mon, jobSpec{id: newJobID("commit"), command: "block-commit", args: args, completeWhenReady: top == ""})
+}

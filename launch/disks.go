@@ -1,0 +1,74 @@
+package launch
+
+import (
+	"context"
+	"fmt"
+	"strings"
+
+	"github.com/vmsnap/vmsnap/qmp"
+)
+
+// DiskFiles asks the running QEMU behind mon for its disks (query-block)
+// and returns, for each disk whose image path appears in argv, the device
+// name vmsnap uses for it (the block backend name, or the qdev id for
+// -blockdev disks) mapped to that path. A disk's top image is tried first,
+// then its backing files nearest first, so a command line that names the
+// base image still matches after an external snapshot put an overlay on
+// top. Disks whose images argv does not mention (a CD-ROM, a hotplugged
+// disk) are left out.
+func DiskFiles(ctx context.Context, mon qmp.Monitor, argv []string) (map[string]string, error) {
+	type image struct {
+		Filename string `json:"filename"`
+		Backing  *image `json:"backing-image"`
+	}
+	var blocks []struct {
+		Device   string `json:"device"`
+		QDev     string `json:"qdev"`
+		Inserted *struct {
+			File  string `json:"file"`
+			Image image  `json:"image"`
+		} `json:"inserted"`
+	}
+	if err := mon.Execute(ctx, "query-block", nil, &blocks); err != nil {
+		return nil, fmt.Errorf("launch: list disks: %w", err)
+	}
+	files := map[string]string{}
+	for _, b := range blocks {
+		if b.Inserted == nil {
+			continue
+		}
+		dev := b.Device
+		if dev == "" {
+			dev = qdevName(b.QDev)
+		}
+		cands := []string{b.Inserted.Image.Filename, b.Inserted.File}
+		for bi := b.Inserted.Image.Backing; bi != nil; bi = bi.Backing {
+			cands = append(cands, bi.Filename)
+		}
+		for _, c := range cands {
+			if c == "" {
+				continue
+			}
+			if _, n := replacePath(argv, map[string]string{c: c}); n[c] > 0 {
+				files[dev] = c
+				break
+			}
+		}
+	}
+	return files, nil
+}
+
+// qdevName turns "/machine/peripheral/dev0/virtio-backend" into "dev0",
+// as vmsnap names -blockdev disks.
+func qdevName(qdev string) string {
+	if !strings.HasPrefix(qdev, "/") {
+		return qdev
+	}
+	parts := strings.Split(strings.Trim(qdev, "/"), "/")
+	for i, p := range parts {
+		if (p == "peripheral" || p == "peripheral-anon") && i+1 < len(parts) {
+			return parts[i+1]
+		}
+	}
+	return parts[len(parts)-1]
+}

@@ -1,0 +1,116 @@
+package vmsnap_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/vmsnap/vmsnap"
+	"github.com/vmsnap/vmsnap/internal/qemutest"
+)
+
+// loadedGuest starts the counter guest with 128 MiB of random data in RAM.
+func loadedGuest(t *testing.T, vopts vmsnap.Options) *launched {
+	t.Helper()
+	blob := filepath.Join(t.TempDir(), "ram.bin")
+	writeRandom(t, blob, 128<<20)
+	return openLaunched(t, qemutest.Options{MemoryMiB: 256, DiskSize: "512M", Loaders: []qemutest.Loader{{File: blob, Addr: 0x1000000}}}, vopts)
+}
+
+// TestQEMULiveDowntime takes a non-live full external snapshot, a live one
+// with background-snapshot (when the host supports it) and a live pre-copy
+// one of a running guest with 128 MiB of incompressible RAM, and compares
+// the guest downtime each reports (QEMU's STOP to RESUME).
+func TestQEMULiveDowntime(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes three 128 MiB memory files")
+	}
+	cases := []struct {
+		name  string
+		flags vmsnap.Flags
+		opts  vmsnap.Options
+	}{
+		{"stopped", vmsnap.External, vmsnap.Options{}},
+		{"live-background", vmsnap.External | vmsnap.Live, vmsnap.Options{}},
+		{"live-precopy", vmsnap.External | vmsnap.Live, vmsnap.Options{NoBackgroundSnapshot: true}},
+	}
+	downtime := map[string]time.Duration{}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			l := loadedGuest(t, c.opts)
+			ctx := testCtx(t)
+			t0 := time.Now()
+			s, err := l.dom.Create(ctx, vmsnap.CreateSpec{Name: c.name}, c.flags).Wait(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			total := time.Since(t0)
+			if !l.running(t) {
+				t.Fatal("guest not running after the snapshot")
+			}
+			fi, err := os.Stat(s.Memory.File)
+			if err != nil || fi.Size() < 128<<20 {
+				t.Fatalf("memory file: %v %v (want at least the 128 MiB of random data)", fi, err)
+			}
+			if s.Downtime <= 0 || s.Downtime > total {
+				t.Fatalf("downtime %v of a %v snapshot", s.Downtime, total)
+			}
+			downtime[c.name] = s.Downtime
+			t.Logf("%s: downtime %v, whole snapshot %v, memory file %d MiB", c.name, s.Downtime, total, fi.Size()>>20)
+			// The memory state is good: revert to it.
+			if _, err := l.dom.Revert(ctx, c.name, vmsnap.RevertPaused).Wait(ctx); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	if bg, ok := downtime["live-background"]; ok && bg >= downtime["stopped"] {
+		t.Errorf("live downtime %v not below the stopped snapshot's %v", bg, downtime["stopped"])
+	}
+}
+
+// TestQEMUCancelLargeSave cancels a full external snapshot while its memory
+// is being written: the guest runs, no memory file, no overlay on the
+// disks, no record.
+func TestQEMUCancelLargeSave(t *testing.T) {
+	l := loadedGuest(t, vmsnap.Options{})
+	ctx := testCtx(t)
+	before := l.top(t)
+	op := l.dom.Create(ctx, vmsnap.CreateSpec{Name: "big"}, vmsnap.External|vmsnap.Live)
+	for deadline := time.Now().Add(30 * time.Second); op.Progress().Bytes == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no progress seen")
+		}
+		select {
+		case <-op.Done():
+			t.Fatalf("the save finished before it could be cancelled: %v", op.Progress())
+		default:
+		}
+	}
+	op.Cancel()
+	_, err := op.Wait(ctx)
+	if !errors.Is(err, vmsnap.ErrCanceled) {
+		t.Fatalf("err %v, want ErrCanceled", err)
+	}
+	if !l.running(t) {
+		t.Fatal("guest not running after cancel")
+	}
+	after := l.top(t)
+	for dev, f := range before {
+		if after[dev] != f {
+			t.Fatalf("disk %s runs on %s after cancel, want %s", dev, after[dev], f)
+		}
+	}
+	entries, _ := filepath.Glob(filepath.Join(l.fs.Root(), "*", "*"))
+	for _, e := range entries {
+		if filepath.Ext(e) == ".save" || filepath.Base(e) == "snapshotdata-big.xl" {
+			t.Fatalf("left behind: %s", e)
+		}
+	}
+	overlays, _ := filepath.Glob(filepath.Join(l.vm.Dir, "*.big.qcow2"))
+	if len(overlays) != 0 {
+		t.Fatalf("overlays left: %v", overlays)
+	}
+	checkImages(t, l.vm.Disks[0].File, l.vm.Disks[1].File)
+}
