@@ -1,0 +1,703 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+const (
+	lockFileName    = ".lock"
+	currentFileName = "current.xl"
+	tempPrefix      = ".tmp-"
+)
+
+// FileStore keeps records as files:
+//
+//	<root>/<domain-uuid>/                      directory, mode 0700
+//	<root>/<domain-uuid>/snapshotdata-<n>.xl   one record per snapshot, 0600
+//	<root>/<domain-uuid>/current.xl            current = "<name>", 0600
+//	<root>/<domain-uuid>/.lock                 the domain's flock(2) lock
+//
+// <n> is the snapshot name escaped by RecordFileName. Writes go to a
+// ".tmp-*" file in the same directory, which is fsynced, renamed over the
+// record and followed by an fsync of the directory, so a reader or a crash
+// sees the old or the new record. Temporary files left by a crash are
+// ignored by List and removed by the next Lock of the domain (a Put made
+// at that moment without holding the lock fails cleanly: its rename finds
+// no temporary file). Readers (Get, List, Current) take no lock.
+//
+// The store refuses to trust anything a different user could have planted
+// or changed: a domain directory or file that is writable by group or
+// others, a symbolic link, or a file of the wrong type makes the operation
+// fail with an error wrapping ErrUnsafePermissions that names the path, and
+// nothing is changed. Files are opened with O_NOFOLLOW and O_NONBLOCK (a
+// FIFO planted in the directory cannot block a reader).
+//
+// FileStore is safe for concurrent use; several FileStores and several
+// processes may share a root.
+type FileStore struct {
+	root  string
+	mu    sync.Mutex
+	locks map[string]*domainLock
+}
+
+type domainLock struct {
+	ch   chan struct{}
+	refs int
+}
+
+var _ Store = (*FileStore)(nil)
+
+// NewFileStore opens (creating it with mode 0700 if needed) the store
+// rooted at root; "" means DefaultRoot. The root must be a directory that
+// is not writable by group or others.
+func NewFileStore(root string) (*FileStore, error) {
+	if root == "" {
+		root = DefaultRoot
+	}
+	root = filepath.Clean(root)
+	if err := os.MkdirAll(root, 0o700); err != nil {
+		return nil, fmt.Errorf("store: creating root: %w", err)
+	}
+	fi, err := os.Stat(root)
+	if err != nil {
+		return nil, fmt.Errorf("store: root: %w", err)
+	}
+	if !fi.IsDir() {
+		return nil, fmt.Errorf("store: root %s: not a directory: %w", root, ErrUnsafePermissions)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return nil, fmt.Errorf("store: root %s: mode %04o is writable by group or others (chmod go-w): %w", root, fi.Mode().Perm(), ErrUnsafePermissions)
+	}
+	return &FileStore{root: root}, nil
+}
+
+// Root returns the store's root directory.
+func (s *FileStore) Root() string { return s.root }
+
+// Dir returns the directory of the domain's records, where an engine may
+// also keep the domain's memory files. It does not create it.
+func (s *FileStore) Dir(domain string) (string, error) {
+	if err := ValidateDomain(domain); err != nil {
+		return "", err
+	}
+	return filepath.Join(s.root, domain), nil
+}
+
+// Lock implements Store with flock(2) on <domain dir>/.lock, polled with a
+// short backoff (1 to 16 ms) so that ctx is honoured, behind an in-process
+// queue per domain. Once held, it removes temporary files that an earlier
+// crash left behind.
+func (s *FileStore) Lock(ctx context.Context, domain string) (func() error, error) {
+	if err := ValidateDomain(domain); err != nil {
+		return nil, err
+	}
+	lockPath := filepath.Join(s.root, domain, lockFileName)
+	busy := func(err error) error {
+		return fmt.Errorf("store: domain %s: lock %s: %w: %w", domain, lockPath, ErrBusy, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, busy(err)
+	}
+	dl := s.ref(domain)
+	select {
+	case dl.ch <- struct{}{}:
+	case <-ctx.Done():
+		s.unref(domain, dl)
+		return nil, busy(ctx.Err())
+	}
+	release := func() {
+		<-dl.ch
+		s.unref(domain, dl)
+	}
+	dirfd, dir, err := s.openDir(domain, true)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	defer syscall.Close(dirfd)
+	fd, err := openat(dirfd, lockFileName, syscall.O_RDWR|syscall.O_CREAT|syscall.O_NOFOLLOW|syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0o600)
+	if err != nil {
+		release()
+		return nil, openError(lockPath, err)
+	}
+	if _, err := checkFile(fd, dir, lockFileName, false); err != nil {
+		syscall.Close(fd)
+		release()
+		return nil, err
+	}
+	delay := time.Millisecond
+	for {
+		err := syscall.Flock(fd, syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == nil {
+			break
+		}
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != syscall.EWOULDBLOCK {
+			syscall.Close(fd)
+			release()
+			return nil, fmt.Errorf("store: domain %s: lock %s: %w", domain, lockPath, err)
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			syscall.Close(fd)
+			release()
+			return nil, busy(ctx.Err())
+		}
+		if delay < 16*time.Millisecond {
+			delay *= 2
+		}
+	}
+	removeTemps(dirfd, dir)
+	var (
+		once sync.Once
+		uerr error
+	)
+	return func() error {
+		once.Do(func() {
+			// Closing the only descriptor of the open file releases the lock.
+			if err := syscall.Close(fd); err != nil {
+				uerr = fmt.Errorf("store: domain %s: unlock %s: %w", domain, lockPath, err)
+			}
+			release()
+		})
+		return uerr
+	}, nil
+}
+
+func (s *FileStore) ref(domain string) *domainLock {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.locks == nil {
+		s.locks = make(map[string]*domainLock)
+	}
+	dl := s.locks[domain]
+	if dl == nil {
+		dl = &domainLock{ch: make(chan struct{}, 1)}
+		s.locks[domain] = dl
+	}
+	dl.refs++
+	return dl
+}
+
+func (s *FileStore) unref(domain string, dl *domainLock) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	dl.refs--
+	if dl.refs == 0 {
+		delete(s.locks, domain)
+	}
+}
+
+// Put implements Store.
+func (s *FileStore) Put(ctx context.Context, domain string, r *Record) error {
+	if err := ValidateDomain(domain); err != nil {
+		return err
+	}
+	data, err := Marshal(r)
+	if err != nil {
+		return fmt.Errorf("store: domain %s: %w", domain, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	dirfd, dir, err := s.openDir(domain, true)
+	if err != nil {
+		return err
+	}
+	defer syscall.Close(dirfd)
+	if err := writeAtomic(dirfd, dir, RecordFileName(r.Name), data); err != nil {
+		return fmt.Errorf("store: domain %s: snapshot %q: %w", domain, r.Name, err)
+	}
+	return nil
+}
+
+// Get implements Store. It reads exactly one file.
+func (s *FileStore) Get(ctx context.Context, domain, name string) (*Record, error) {
+	if err := ValidateDomain(domain); err != nil {
+		return nil, err
+	}
+	if err := ValidateName(name); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	dirfd, dir, err := s.openDir(domain, false)
+	if err != nil {
+		return nil, err
+	}
+	if dirfd < 0 {
+		return nil, fmt.Errorf("store: domain %s: snapshot %q: %w", domain, name, ErrNotFound)
+	}
+	defer syscall.Close(dirfd)
+	fn := RecordFileName(name)
+	r, _, err := readRecord(dirfd, dir, fn, nil)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("store: domain %s: snapshot %q: %w", domain, name, ErrNotFound)
+	}
+	return r, err
+}
+
+// Delete implements Store.
+func (s *FileStore) Delete(ctx context.Context, domain, name string) error {
+	if err := ValidateDomain(domain); err != nil {
+		return err
+	}
+	if err := ValidateName(name); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	notFound := fmt.Errorf("store: domain %s: snapshot %q: %w", domain, name, ErrNotFound)
+	dirfd, dir, err := s.openDir(domain, false)
+	if err != nil {
+		return err
+	}
+	if dirfd < 0 {
+		return notFound
+	}
+	defer syscall.Close(dirfd)
+	fn := RecordFileName(name)
+	if exists, err := existsAt(dirfd, dir, fn); err != nil {
+		return fmt.Errorf("store: domain %s: snapshot %q: %w", domain, name, err)
+	} else if !exists {
+		return notFound
+	}
+	// Clear current first: a crash in between leaves no current snapshot
+	// rather than a current snapshot that does not exist. A current file
+	// that cannot be read is left alone (Current reports it).
+	if cur, err := readCurrent(dirfd, dir); err == nil && cur == name {
+		if err := removeAt(dirfd, dir, currentFileName); err != nil {
+			return fmt.Errorf("store: domain %s: clearing current snapshot %q: %w", domain, name, err)
+		}
+	}
+	if err := removeAt(dirfd, dir, fn); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return notFound
+		}
+		return fmt.Errorf("store: domain %s: snapshot %q: %w", domain, name, err)
+	}
+	if err := syscall.Fsync(dirfd); err != nil {
+		return fmt.Errorf("store: domain %s: snapshot %q: %w", domain, name, &os.PathError{Op: "fsync", Path: dir, Err: err})
+	}
+	return nil
+}
+
+// List implements Store. It reads the records in parallel and ignores
+// files that are not records (memory files, current.xl, .lock, temporary
+// files). Each record file that cannot be trusted (unsafe permissions,
+// corrupt content, a name that does not match its file name) is left out
+// and reported in the returned error, which is an errors.Join of one error
+// per file, each naming its file; the good records are returned with it.
+func (s *FileStore) List(ctx context.Context, domain string) ([]*Record, error) {
+	if err := ValidateDomain(domain); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	dirfd, dir, err := s.openDir(domain, false)
+	if err != nil {
+		return nil, err
+	}
+	if dirfd < 0 {
+		return []*Record{}, nil
+	}
+	defer syscall.Close(dirfd)
+	all, err := readDirNames(dirfd, dir)
+	if err != nil {
+		return nil, fmt.Errorf("store: domain %s: %w", domain, err)
+	}
+	names := all[:0]
+	for _, n := range all {
+		if isRecordFileName(n) {
+			names = append(names, n)
+		}
+	}
+	records := make([]*Record, len(names))
+	errs := make([]error, len(names))
+	workers := runtime.GOMAXPROCS(0)
+	if len(names) < 64 {
+		workers = 1
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			buf := make([]byte, 0, 8192)
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(names) || i%128 == 0 && ctx.Err() != nil {
+					return
+				}
+				r, b, err := readRecord(dirfd, dir, names[i], buf)
+				buf = b
+				if errors.Is(err, fs.ErrNotExist) {
+					continue // deleted since the directory was read
+				}
+				records[i], errs[i] = r, err
+			}
+		}()
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	out := make([]*Record, 0, len(records))
+	for _, r := range records {
+		if r != nil {
+			out = append(out, r)
+		}
+	}
+	sortRecords(out)
+	if err := errors.Join(errs...); err != nil {
+		return out, fmt.Errorf("store: domain %s: some snapshot records cannot be read: %w", domain, err)
+	}
+	return out, nil
+}
+
+// Current implements Store.
+func (s *FileStore) Current(ctx context.Context, domain string) (string, error) {
+	if err := ValidateDomain(domain); err != nil {
+		return "", err
+	}
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	dirfd, dir, err := s.openDir(domain, false)
+	if err != nil || dirfd < 0 {
+		return "", err
+	}
+	defer syscall.Close(dirfd)
+	name, err := readCurrent(dirfd, dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("store: domain %s: %w", domain, err)
+	}
+	return name, nil
+}
+
+// SetCurrent implements Store. The current snapshot is kept in its own
+// small file, so changing it rewrites no record.
+func (s *FileStore) SetCurrent(ctx context.Context, domain, name string) error {
+	if err := ValidateDomain(domain); err != nil {
+		return err
+	}
+	if name != "" {
+		if err := ValidateName(name); err != nil {
+			return err
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	notFound := fmt.Errorf("store: domain %s: making snapshot %q current: %w", domain, name, ErrNotFound)
+	dirfd, dir, err := s.openDir(domain, false)
+	if err != nil {
+		return err
+	}
+	if dirfd < 0 {
+		if name == "" {
+			return nil
+		}
+		return notFound
+	}
+	defer syscall.Close(dirfd)
+	if name == "" {
+		err := removeAt(dirfd, dir, currentFileName)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("store: domain %s: clearing current snapshot: %w", domain, err)
+		}
+		if err := syscall.Fsync(dirfd); err != nil {
+			return fmt.Errorf("store: domain %s: %w", domain, &os.PathError{Op: "fsync", Path: dir, Err: err})
+		}
+		return nil
+	}
+	if exists, err := existsAt(dirfd, dir, RecordFileName(name)); err != nil {
+		return fmt.Errorf("store: domain %s: snapshot %q: %w", domain, name, err)
+	} else if !exists {
+		return notFound
+	}
+	if err := writeAtomic(dirfd, dir, currentFileName, marshalCurrent(name)); err != nil {
+		return fmt.Errorf("store: domain %s: making snapshot %q current: %w", domain, name, err)
+	}
+	return nil
+}
+
+// openDir opens the domain's directory, creating it when create is set. It
+// returns -1 and no error when the directory does not exist and create is
+// not set.
+func (s *FileStore) openDir(domain string, create bool) (int, string, error) {
+	dir := filepath.Join(s.root, domain)
+	for attempt := 0; ; attempt++ {
+		fd, err := open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC)
+		if err == nil {
+			if _, err := checkFile(fd, dir, "", true); err != nil {
+				syscall.Close(fd)
+				return -1, dir, err
+			}
+			return fd, dir, nil
+		}
+		if err != syscall.ENOENT {
+			return -1, dir, openError(dir, err)
+		}
+		if !create {
+			return -1, dir, nil
+		}
+		if attempt > 0 {
+			return -1, dir, openError(dir, err)
+		}
+		if err := syscall.Mkdir(dir, 0o700); err != nil && err != syscall.EEXIST {
+			return -1, dir, fmt.Errorf("store: %w", &os.PathError{Op: "mkdir", Path: dir, Err: err})
+		}
+	}
+}
+
+func open(path string, flags int) (int, error) {
+	for {
+		fd, err := syscall.Open(path, flags, 0)
+		if err != syscall.EINTR {
+			return fd, err
+		}
+	}
+}
+
+func openat(dirfd int, name string, flags int, mode uint32) (int, error) {
+	for {
+		fd, err := syscall.Openat(dirfd, name, flags, mode)
+		if err != syscall.EINTR {
+			return fd, err
+		}
+	}
+}
+
+func openError(path string, err error) error {
+	if err == syscall.ELOOP || err == syscall.ENOTDIR {
+		return fmt.Errorf("store: %s: is a symbolic link or not a directory: %w", path, ErrUnsafePermissions)
+	}
+	return fmt.Errorf("store: %w", &os.PathError{Op: "open", Path: path, Err: err})
+}
+
+// checkFile checks that fd is a directory (or a regular file) that group
+// and others cannot write.
+func checkFile(fd int, parent, name string, dir bool) (*syscall.Stat_t, error) {
+	var st syscall.Stat_t
+	path := func() string {
+		if name == "" {
+			return parent
+		}
+		return parent + "/" + name
+	}
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return nil, fmt.Errorf("store: %w", &os.PathError{Op: "stat", Path: path(), Err: err})
+	}
+	switch kind := st.Mode & syscall.S_IFMT; {
+	case dir && kind != syscall.S_IFDIR:
+		return nil, fmt.Errorf("store: %s: not a directory: %w", path(), ErrUnsafePermissions)
+	case !dir && kind != syscall.S_IFREG:
+		return nil, fmt.Errorf("store: %s: not a regular file: %w", path(), ErrUnsafePermissions)
+	}
+	if st.Mode&0o022 != 0 {
+		return nil, fmt.Errorf("store: %s: mode %04o is writable by group or others (chmod go-w): %w", path(), st.Mode&0o7777, ErrUnsafePermissions)
+	}
+	return &st, nil
+}
+
+// readAt reads the file name in dirfd into buf (reusing its capacity).
+func readAt(dirfd int, dir, name string, buf []byte) ([]byte, error) {
+	fd, err := openat(dirfd, name, syscall.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0)
+	if err != nil {
+		path := dir + "/" + name
+		if err == syscall.ELOOP {
+			return buf, fmt.Errorf("store: %s: is a symbolic link: %w", path, ErrUnsafePermissions)
+		}
+		return buf, fmt.Errorf("store: %w", &os.PathError{Op: "open", Path: path, Err: err})
+	}
+	defer syscall.Close(fd)
+	st, err := checkFile(fd, dir, name, false)
+	if err != nil {
+		return buf, err
+	}
+	if st.Size > MaxRecordSize {
+		return buf, &CorruptError{Path: dir + "/" + name, Err: fmt.Errorf("%d bytes, larger than %d", st.Size, MaxRecordSize)}
+	}
+	if need := int(st.Size) + 1; cap(buf) < need {
+		buf = make([]byte, 0, max(need, 4096))
+	}
+	buf = buf[:cap(buf)]
+	n := 0
+	for {
+		if n == len(buf) {
+			if n > MaxRecordSize {
+				return buf[:0], &CorruptError{Path: dir + "/" + name, Err: fmt.Errorf("larger than %d bytes", MaxRecordSize)}
+			}
+			buf = append(buf, 0)[:0]
+			buf = buf[:cap(buf)]
+		}
+		m, err := syscall.Read(fd, buf[n:])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return buf[:0], fmt.Errorf("store: %w", &os.PathError{Op: "read", Path: dir + "/" + name, Err: err})
+		}
+		n += m
+		// Record files are replaced by rename, never changed in place, so
+		// the size from fstat is the whole file; stopping there saves a
+		// read per file.
+		if m == 0 || n >= int(st.Size) && st.Size > 0 {
+			return buf[:n], nil
+		}
+	}
+}
+
+// readRecord reads and parses one record file and checks that it holds the
+// snapshot its file name says. It returns buf for reuse.
+func readRecord(dirfd int, dir, name string, buf []byte) (*Record, []byte, error) {
+	data, err := readAt(dirfd, dir, name, buf)
+	if err != nil {
+		return nil, data, err
+	}
+	r, err := Unmarshal(data)
+	if err != nil {
+		var ce *CorruptError
+		if errors.As(err, &ce) {
+			ce.Path = dir + "/" + name
+		}
+		return nil, data, err
+	}
+	if !fileNameMatches(r.Name, name) {
+		return nil, data, &CorruptError{Path: dir + "/" + name, Err: fmt.Errorf("holds snapshot %q, whose file would be %s", r.Name, RecordFileName(r.Name))}
+	}
+	return r, data, nil
+}
+
+func readCurrent(dirfd int, dir string) (string, error) {
+	data, err := readAt(dirfd, dir, currentFileName, nil)
+	if err != nil {
+		return "", err
+	}
+	name, err := parseCurrent(data)
+	if err != nil {
+		var ce *CorruptError
+		if errors.As(err, &ce) {
+			ce.Path = dir + "/" + currentFileName
+			return "", err
+		}
+		return "", &CorruptError{Path: dir + "/" + currentFileName, Err: err}
+	}
+	return name, nil
+}
+
+// writeAtomic replaces name in dirfd with data: temporary file, fsync,
+// rename, fsync of the directory.
+func writeAtomic(dirfd int, dir, name string, data []byte) error {
+	var (
+		tmp string
+		fd  int
+		err error
+	)
+	for {
+		tmp = tempPrefix + name + "-" + strconv.FormatUint(rand.Uint64(), 36)
+		fd, err = openat(dirfd, tmp, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
+		if err != syscall.EEXIST {
+			break
+		}
+	}
+	if err != nil {
+		return &os.PathError{Op: "create", Path: dir + "/" + tmp, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), dir+"/"+tmp)
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		if rerr := syscall.Renameat(dirfd, tmp, dirfd, name); rerr != nil {
+			err = &os.PathError{Op: "rename", Path: dir + "/" + name, Err: rerr}
+		}
+	}
+	if err != nil {
+		syscall.Unlinkat(dirfd, tmp)
+		return err
+	}
+	if err := syscall.Fsync(dirfd); err != nil {
+		return &os.PathError{Op: "fsync", Path: dir, Err: err}
+	}
+	return nil
+}
+
+func removeAt(dirfd int, dir, name string) error {
+	if err := syscall.Unlinkat(dirfd, name); err != nil {
+		return &os.PathError{Op: "remove", Path: dir + "/" + name, Err: err}
+	}
+	return nil
+}
+
+// readDirNames lists a directory through a fresh open file description.
+func readDirNames(dirfd int, dir string) ([]string, error) {
+	fd, err := openat(dirfd, ".", syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &os.PathError{Op: "open", Path: dir, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), dir)
+	defer f.Close()
+	return f.Readdirnames(-1)
+}
+
+// removeTemps removes temporary files left by an interrupted write. It is
+// called with the domain's lock held, so no writer that follows the
+// locking rule is using them.
+func removeTemps(dirfd int, dir string) {
+	names, err := readDirNames(dirfd, dir)
+	if err != nil {
+		return
+	}
+	for _, n := range names {
+		if strings.HasPrefix(n, tempPrefix) {
+			syscall.Unlinkat(dirfd, n)
+		}
+	}
+}
+
+// existsAt reports whether a directory entry called name exists (without
+// following a symbolic link or blocking on a FIFO).
+func existsAt(dirfd int, dir, name string) (bool, error) {
+	fd, err := openat(dirfd, name, syscall.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0)
+	switch err {
+	case nil:
+		syscall.Close(fd)
+		return true, nil
+	case syscall.ENOENT:
+		return false, nil
+	case syscall.ELOOP, syscall.EACCES, syscall.ENXIO:
+		return true, nil
+	}
+	return false, &os.PathError{Op: "open", Path: dir + "/" + name, Err: err}
+}
