@@ -70,6 +70,9 @@ func (d *Domain) Create(ctx context.Context, spec CreateSpec, flags Flags) *Op[*
 	if flags&Live != 0 && flags&DiskOnly != 0 {
 		return fail(fmt.Errorf("%w: Live needs a memory snapshot, not DiskOnly", ErrInvalidFlags))
 	}
+	if flags&NoMetadata != 0 && flags&External != 0 {
+		return fail(fmt.Errorf("%w: an external snapshot without metadata could never be found, reverted or merged again", ErrInvalidFlags))
+	}
 	if flags&Live != 0 && flags&External == 0 {
 		return fail(fmt.Errorf("%w: Live needs External (an internal snapshot stops the guest while QEMU writes it)", ErrInvalidFlags))
 	}
@@ -377,16 +380,7 @@ func (d *Domain) undoCreate(ctx context.Context, s *DomainSnapshot, wasRunning, 
 	if err != nil {
 		problems = append(problems, fmt.Errorf("cannot check the disks: %w", err))
 	} else {
-		var left []DiskSnapshot
-		for _, ds := range s.Disks {
-			if dk, ok := matchDisk(after, ds); ok {
-				if _, has := dk.snapshot(s.Name); has {
-					ds.Node = dk.Node
-					left = append(left, ds)
-				}
-			}
-		}
-		if len(left) > 0 {
+		if left := holding(after, s.Disks, s.Name); len(left) > 0 {
 			if _, err := d.deleteInternal(cctx, left, s.Name); err != nil {
 				problems = append(problems, fmt.Errorf("remove partial snapshot: %w", err))
 			}

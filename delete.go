@@ -113,15 +113,7 @@ func (d *Domain) deleteFromImages(ctx context.Context, r *store.Record, disks []
 	if s.IsExternal() {
 		return d.deleteExternal(ctx, r, disks)
 	}
-	var have []DiskSnapshot
-	for _, ds := range s.Disks {
-		if dk, ok := matchDisk(disks, ds); ok {
-			if _, has := dk.snapshot(s.Name); has {
-				ds.Node = dk.Node
-				have = append(have, ds)
-			}
-		}
-	}
+	have := holding(disks, s.Disks, s.Name)
 	if len(have) == 0 {
 		return nil
 	}
@@ -135,11 +127,7 @@ func (d *Domain) deleteFromImages(ctx context.Context, r *store.Record, disks []
 	}
 	var err error
 	if d.hasJobs() {
-		nodes := make([]string, len(have))
-		for i, ds := range have {
-			nodes[i] = ds.Node
-		}
-		err = runJob(ctx, d.mon, newJobID("delete"), "snapshot-delete", map[string]any{"tag": s.Name, "devices": nodes}, nil, nil)
+		err = runJob(ctx, d.mon, newJobID("delete"), "snapshot-delete", map[string]any{"tag": s.Name, "devices": snapshotNodes(have)}, nil, nil)
 	} else {
 		err = hmpErr(hmp.DelVM(ctx, d.mon, s.Name))
 	}
@@ -152,14 +140,7 @@ func (d *Domain) deleteFromImages(ctx context.Context, r *store.Record, disks []
 	if qerr != nil {
 		return err
 	}
-	var left []DiskSnapshot
-	for _, ds := range have {
-		if dk, ok := matchDisk(after, ds); ok {
-			if _, has := dk.snapshot(s.Name); has {
-				left = append(left, ds)
-			}
-		}
-	}
+	left := holding(after, have, s.Name)
 	if len(left) == 0 {
 		// QEMU finished the delete; only our view of the job failed.
 		return nil

@@ -149,6 +149,30 @@ func queryDisks(ctx context.Context, mon qmp.Monitor) ([]Disk, error) {
 	return disks, nil
 }
 
+// holding returns those of snaps whose disk (matched in disks) still holds
+// internal snapshot tag, with the node names QEMU uses now.
+func holding(disks []Disk, snaps []DiskSnapshot, tag string) []DiskSnapshot {
+	var out []DiskSnapshot
+	for _, ds := range snaps {
+		if dk, ok := matchDisk(disks, ds); ok {
+			if _, has := dk.snapshot(tag); has {
+				ds.Node = dk.Node
+				out = append(out, ds)
+			}
+		}
+	}
+	return out
+}
+
+// snapshotNodes returns the node names of snaps.
+func snapshotNodes(snaps []DiskSnapshot) []string {
+	nodes := make([]string, len(snaps))
+	for i, ds := range snaps {
+		nodes[i] = ds.Node
+	}
+	return nodes
+}
+
 // selectDisks picks the disks named in want (by device, node or file), or
 // every disk that keep accepts when want is empty.
 func selectDisks(all []Disk, want []string, keep func(Disk) bool) ([]Disk, error) {

@@ -168,8 +168,12 @@ func (d *Domain) setMonitor(ctx context.Context, mon qmp.Monitor) error {
 	return nil
 }
 
-// Running reports whether the domain has a QEMU process bound.
-func (d *Domain) online() bool { return d.mon != nil }
+// online reports whether the domain has a QEMU process bound.
+func (d *Domain) online() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.mon != nil
+}
 
 // DefaultName is the name a snapshot gets when none is given: the creation
 // time in epoch seconds, as in the xl RFC.

@@ -66,15 +66,7 @@ func (d *Domain) reconcileCreate(ctx context.Context, r *store.Record, disks []D
 	if s.IsExternal() {
 		return d.reconcileCreateExternal(ctx, r, s, disks)
 	}
-	var have []DiskSnapshot
-	for _, ds := range s.Disks {
-		if dk, ok := matchDisk(disks, ds); ok {
-			if _, has := dk.snapshot(s.Name); has {
-				ds.Node = dk.Node
-				have = append(have, ds)
-			}
-		}
-	}
+	have := holding(disks, s.Disks, s.Name)
 	complete := len(have) == len(s.Disks) && len(s.Disks) > 0
 	if complete && s.Memory.Kind == MemoryInternal {
 		complete = false
@@ -110,16 +102,7 @@ func (d *Domain) reconcileDelete(ctx context.Context, r *store.Record, disks []D
 		}
 		return d.removeRecord(ctx, s.Name)
 	}
-	var have []DiskSnapshot
-	for _, ds := range s.Disks {
-		if dk, ok := matchDisk(disks, ds); ok {
-			if _, has := dk.snapshot(s.Name); has {
-				ds.Node = dk.Node
-				have = append(have, ds)
-			}
-		}
-	}
-	if len(have) > 0 {
+	if have := holding(disks, s.Disks, s.Name); len(have) > 0 {
 		if left, err := d.deleteInternal(ctx, have, s.Name); err != nil {
 			return d.keepPartial(ctx, r, left, err)
 		}

@@ -131,20 +131,15 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 	}
 	op.setPhase(PhaseLoading)
 	if d.hasJobs() {
+		// The vmstate is on the disk whose snapshot has a vmstate size; its
+		// node name is the current one (set when the disks were checked).
 		vmstate := s.Memory.Node
-		if dk, ok := matchDisk(disks, DiskSnapshot{Node: s.Memory.Node}); ok {
-			vmstate = dk.Node
-		}
 		for _, ds := range s.Disks {
 			if ds.VMStateSize > 0 {
 				vmstate = ds.Node
 			}
 		}
-		nodes := make([]string, len(s.Disks))
-		for i, ds := range s.Disks {
-			nodes[i] = ds.Node
-		}
-		err = runJob(ctx, d.mon, jobID, "snapshot-load", map[string]any{"tag": s.Name, "vmstate": vmstate, "devices": nodes}, op.setBytes, nil)
+		err = runJob(ctx, d.mon, jobID, "snapshot-load", map[string]any{"tag": s.Name, "vmstate": vmstate, "devices": snapshotNodes(s.Disks)}, op.setBytes, nil)
 	} else {
 		err = hmpErr(hmp.LoadVM(context.WithoutCancel(ctx), d.mon, s.Name))
 	}
