@@ -600,3 +600,33 @@ func TestFakeNoUUID(t *testing.T) {
 		t.Fatalf("err %v, want ErrInvalidDomain asking for a UUID", err)
 	}
 }
+
+func TestFakeDeleteMetadataOnly(t *testing.T) {
+	f := startFake(t, fakeqemu.QEMU72)
+	ctx := testCtx(t)
+	if _, err := f.dom.Create(ctx, vmsnap.CreateSpec{Name: "m"}, vmsnap.DiskOnly).Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := len(f.srv.Commands())
+	if _, err := f.dom.Delete(ctx, "m", vmsnap.DeleteMetadataOnly).Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range f.srv.Commands()[before:] {
+		if !strings.HasPrefix(c, "query-") {
+			t.Fatalf("metadata-only delete sent %s", c)
+		}
+	}
+	if !slices.Contains(f.tags(t, "disk0"), "m") {
+		t.Fatal("metadata-only delete removed the disk snapshot")
+	}
+	l, err := f.dom.List(ctx, 0).Wait(ctx)
+	if err != nil || len(l.Snapshots) != 0 || len(l.Untracked) != 1 || l.Untracked[0].Name != "m" {
+		t.Fatalf("after metadata-only delete: %+v %v", l, err)
+	}
+	// Adopting it brings it back as a disk-only root.
+	a, err := f.dom.Adopt(ctx, "m", "back")
+	if err != nil || a.State != vmsnap.StateDiskOnly || len(a.Disks) != 2 {
+		t.Fatalf("adopt: %+v %v", a, err)
+	}
+	f.agree(t)
+}

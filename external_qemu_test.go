@@ -336,3 +336,92 @@ func TestQEMUExternalRevertNeedsLauncher(t *testing.T) {
 		t.Fatal("the refused revert stopped the guest")
 	}
 }
+
+// TestQEMUExternalBranch reverts to an older external snapshot and takes a
+// new one there: a branch. The tree and "current" follow, deleting the
+// abandoned branch and then the branch point keeps the new branch
+// revertible, and no image is left that nothing uses.
+func TestQEMUExternalBranch(t *testing.T) {
+	l := openLaunched(t, qemutest.Options{}, vmsnap.Options{})
+	ctx := testCtx(t)
+	dev1 := l.vm.Disks[1].Device
+	take := func(name string, pattern byte) uint64 {
+		t.Helper()
+		l.writePattern(t, dev1, pattern)
+		l.exec1(t, "stop")
+		c := l.counter(t)
+		if _, err := l.dom.Create(ctx, vmsnap.CreateSpec{Name: name}, vmsnap.External).Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+		l.exec1(t, "cont")
+		return c
+	}
+	take("e1", 0x11)
+	take("e2", 0x22)
+	if _, err := l.dom.Revert(ctx, "e1", vmsnap.RevertRunning).Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c3 := take("e3", 0x33)
+
+	lst, err := l.dom.List(ctx, 0).Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := lst.Tree()
+	if len(roots) != 1 || roots[0].Snapshot.Name != "e1" || len(roots[0].Children) != 2 {
+		t.Fatalf("tree: want e1 with children e2 and e3, got %+v", roots)
+	}
+	if lst.Current != "e3" {
+		t.Fatalf("current %q, want e3", lst.Current)
+	}
+	for _, n := range []string{"e2", "e1"} {
+		if _, err := l.dom.Delete(ctx, n, 0).Wait(ctx); err != nil {
+			t.Fatalf("delete %s: %v", n, err)
+		}
+	}
+	if _, err := l.dom.Revert(ctx, "e3", vmsnap.RevertPaused).Wait(ctx); err != nil {
+		t.Fatalf("revert e3 after deleting e1 and e2: %v\n%s", err, readFile(l.output.Name()))
+	}
+	if got := l.counter(t); got != c3 {
+		t.Fatalf("counter %d, want %d", got, c3)
+	}
+	top := l.top(t)[dev1]
+	if !qemutest.ReadPattern(t, top, 0, 4096, 0x33) {
+		t.Fatalf("e3's disk content lost:\n%s", backingChain(t, top))
+	}
+	checkImages(t, top)
+	// Only the images in use and those of e3 remain.
+	s3, err := l.dom.Get(ctx, "e3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep := map[string]bool{}
+	for _, f := range l.top(t) {
+		keep[f] = true
+	}
+	for _, ds := range s3.Disks {
+		keep[ds.File], keep[ds.Overlay] = true, true
+		for _, line := range strings.Split(backingChain(t, ds.Overlay), "\n") {
+			if f, ok := strings.CutPrefix(line, "image: "); ok {
+				keep[f] = true
+			}
+		}
+	}
+	for _, f := range l.top(t) {
+		for _, line := range strings.Split(backingChain(t, f), "\n") {
+			if img, ok := strings.CutPrefix(line, "image: "); ok {
+				keep[img] = true
+			}
+		}
+	}
+	files, _ := filepath.Glob(filepath.Join(l.vm.Dir, "*.qcow2"))
+	var extra []string
+	for _, f := range files {
+		if !keep[f] {
+			extra = append(extra, f)
+		}
+	}
+	if len(extra) != 0 {
+		t.Errorf("images neither QEMU nor a snapshot uses were left behind: %v", extra)
+	}
+}
