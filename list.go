@@ -31,7 +31,9 @@ type Untracked struct {
 
 // TreeNode is one snapshot in the tree view.
 type TreeNode struct {
+	// Snapshot is the snapshot at this node.
 	Snapshot *DomainSnapshot
+	// Children are the snapshots whose parent it is, oldest first.
 	Children []*TreeNode
 }
 

@@ -272,9 +272,10 @@ type Error struct {
 	Domain   string // domain UUID
 	Snapshot string // snapshot name, "" when not about one
 	Disk     string // disk device or node, "" when not about one
-	Err      error
+	Err      error  // the cause
 }
 
+// Error says what failed, naming the domain, snapshot and disk.
 func (e *Error) Error() string {
 	var b strings.Builder
 	b.WriteString("vmsnap: ")
@@ -306,15 +307,17 @@ type JobError struct {
 	Msg  string // QEMU's error message
 }
 
+// Error returns QEMU's message with the job's id and type.
 func (e *JobError) Error() string { return fmt.Sprintf("job %s (%s) failed: %s", e.ID, e.Type, e.Msg) }
 
 // DiskError is the failure of one disk in a per-disk operation; several are
 // combined with go-multierror.
 type DiskError struct {
-	Disk string
-	Err  error
+	Disk string // the disk's device or node name
+	Err  error  // what went wrong on it
 }
 
+// Error names the disk and the cause.
 func (e *DiskError) Error() string { return "disk " + e.Disk + ": " + e.Err.Error() }
 
 // Unwrap returns the cause.

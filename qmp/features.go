@@ -8,6 +8,7 @@ import (
 // Version is a QEMU version, as reported by query-version and the QMP
 // greeting.
 type Version struct {
+	// Major, Minor and Micro are the version's numbers, e.g. 7, 2, 22.
 	Major, Minor, Micro int
 	// Package is the distribution's package string, e.g.
 	// "Debian 1:7.2+dfsg-7"; often empty.

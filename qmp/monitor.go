@@ -78,6 +78,7 @@ type Error struct {
 	Desc string
 }
 
+// Error returns the command, class and description.
 func (e *Error) Error() string {
 	if e.Command == "" {
 		return fmt.Sprintf("qmp: %s: %s", e.Class, e.Desc)

@@ -93,8 +93,8 @@ type Disk struct {
 // Loader is a file QEMU's generic loader device copies into guest memory
 // at Addr when the machine starts (-device loader,force-raw=on).
 type Loader struct {
-	File string
-	Addr uint64
+	File string // the file to load
+	Addr uint64 // the guest-physical address it goes to
 }
 
 // Options configure Start. The zero value is a 64 MiB guest with two 64M
