@@ -82,6 +82,11 @@ func (d *Domain) Create(ctx context.Context, spec CreateSpec, flags Flags) *Op[*
 	if !d.online() && flags&(External|Quiesce) != 0 {
 		return fail(fmt.Errorf("%w: %s needs a running domain", ErrUnsupported, flags&(External|Quiesce)))
 	}
+	if flags&Quiesce != 0 && flags&DiskOnly == 0 {
+		// Frozen filesystems in a memory image come back frozen after a
+		// revert, with nobody left to thaw them.
+		return fail(fmt.Errorf("%w: Quiesce goes with DiskOnly (a memory state taken while frozen would revert into a frozen guest)", ErrInvalidFlags))
+	}
 	if flags&Quiesce != 0 && d.opts.Agent == nil {
 		return fail(fmt.Errorf("%w: Quiesce needs a guest agent (Options.Agent)", ErrUnsupported))
 	}

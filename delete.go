@@ -44,7 +44,9 @@ func (d *Domain) delete(ctx context.Context, op *Op[[]string], name string, flag
 		return nil, err
 	}
 	defer unlock()
-	if err := d.reconcile(ctx, op.setPhase); err != nil {
+	// A metadata-only delete is the way out of an intent that cannot be
+	// settled, so it goes ahead regardless.
+	if err := d.reconcile(ctx, op.setPhase); err != nil && flags&DeleteMetadataOnly == 0 {
 		return nil, err
 	}
 	recs, err := d.store.List(ctx, d.uuid)
@@ -85,7 +87,10 @@ func (d *Domain) delete(ctx context.Context, op *Op[[]string], name string, flag
 			}
 			op.setPhase(PhaseDeleting)
 			if err := d.deleteFromImages(ctx, r, disks); err != nil {
-				return deleted, fmt.Errorf("snapshot %q: %w", n, err)
+				if n != name {
+					err = fmt.Errorf("descendant %q: %w", n, err)
+				}
+				return deleted, err
 			}
 		}
 		op.setPhase(PhaseWritingMeta)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -95,22 +96,32 @@ func snapExternalDisks(ctx context.Context, mon qmp.Monitor, disks []Disk, overl
 	return mon.Execute(ctx, "transaction", map[string]any{"actions": actions}, nil)
 }
 
-// prepareExternal fills s.Disks with each disk's frozen image and the
-// overlay to create, and creates the overlay files. On error it removes
-// the ones it created.
-func (d *Domain) prepareExternal(ctx context.Context, s *DomainSnapshot, disks []Disk) ([]string, error) {
+// planExternal fills s.Disks with each disk's frozen image and the overlay
+// to create, and returns the overlays' paths. A path that exists already
+// (a file vmsnap did not make for this snapshot) is refused with ErrExists
+// before anything is written, so the intent never names a foreign file.
+func planExternal(s *DomainSnapshot, disks []Disk) ([]string, error) {
 	overlays := make([]string, len(disks))
 	for i, dk := range disks {
 		overlays[i] = overlayPath(dk.File, s.Name, "")
+		if _, err := os.Lstat(overlays[i]); err == nil {
+			return nil, &DiskError{Disk: dk.name(), Err: fmt.Errorf("%w: overlay %s exists already", ErrExists, overlays[i])}
+		}
 		s.Disks = append(s.Disks, DiskSnapshot{Device: dk.Device, Node: dk.Node, File: dk.File, Kind: DiskExternal, Name: s.Name, Overlay: overlays[i]})
 	}
+	return overlays, nil
+}
+
+// createOverlays creates the planned overlay files; on error it removes
+// the ones it created.
+func (d *Domain) createOverlays(ctx context.Context, disks []Disk, overlays []string) error {
 	for i, dk := range disks {
 		if err := d.createOverlay(ctx, overlays[i], dk.File, dk.Format, dk.VirtualSize); err != nil {
 			removeFiles(overlays[:i])
-			return nil, &DiskError{Disk: dk.name(), Err: err}
+			return &DiskError{Disk: dk.name(), Err: err}
 		}
 	}
-	return overlays, nil
+	return nil
 }
 
 func removeFiles(paths []string) {
@@ -131,7 +142,7 @@ func externalDone(s *DomainSnapshot, disks []Disk) (done, none bool) {
 		}
 		on := false
 		for _, dk := range disks {
-			if dk.File == ds.Overlay || slicesContains(dk.Backing, ds.Overlay) {
+			if dk.File == ds.Overlay || slices.Contains(dk.Backing, ds.Overlay) {
 				on = true
 			}
 		}
@@ -141,19 +152,14 @@ func externalDone(s *DomainSnapshot, disks []Disk) (done, none bool) {
 	return done, none
 }
 
-func slicesContains(list []string, v string) bool {
-	for _, x := range list {
-		if x == v {
-			return true
-		}
-	}
-	return false
-}
-
 // memoryPath is where the memory file of snapshot name goes.
 func (d *Domain) memoryPath(name string) (string, error) {
-	dir := d.opts.MemoryDir
-	if dir == "" {
+	// One directory per domain, so two domains' snapshots of one name
+	// never meet.
+	dir := ""
+	if d.opts.MemoryDir != "" {
+		dir = filepath.Join(d.opts.MemoryDir, d.uuid)
+	} else {
 		fs, ok := d.store.(*store.FileStore)
 		if !ok {
 			return "", fmt.Errorf("%w: external memory needs Options.MemoryDir with a %T store", ErrUnsupported, d.store)
@@ -190,7 +196,7 @@ const labelMemoryMode = "vmsnap.memory-mode"
 // instant.
 func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 	d, s := c.d, c.s
-	overlays, err := d.prepareExternal(ctx, s, c.disks)
+	overlays, err := planExternal(s, c.disks)
 	if err != nil {
 		return err
 	}
@@ -199,8 +205,10 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 	if c.flags&DiskOnly == 0 {
 		path, err := d.memoryPath(s.Name)
 		if err != nil {
-			removeFiles(overlays)
 			return err
+		}
+		if _, err := os.Lstat(path); err == nil {
+			return fmt.Errorf("%w: memory file %s exists already", ErrExists, path)
 		}
 		s.Memory = Memory{Kind: MemoryExternal, File: path}
 		if c.flags&Live != 0 && c.wasRunning {
@@ -208,15 +216,19 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 		}
 		labels[labelMemoryMode] = mode.String()
 	}
+	// The intent names the files before they exist, so a crash from here
+	// on leaves nothing the next operation cannot find and remove.
 	if err := c.intent(ctx, labels); err != nil {
-		removeFiles(overlays)
 		return err
+	}
+	if err := d.createOverlays(ctx, c.disks, overlays); err != nil {
+		return c.undoExternal(ctx, nil, false, false, err)
 	}
 	var thaw func() error
 	if c.flags&Quiesce != 0 {
 		c.op.setPhase(PhaseQuiescing)
 		if thaw, err = freezeGuest(ctx, d.opts.Agent); err != nil {
-			return c.undoExternal(ctx, overlays, false, fmt.Errorf("quiesce: %w", err))
+			return c.undoExternal(ctx, overlays, false, false, fmt.Errorf("quiesce: %w", err))
 		}
 	}
 	snapped := false
@@ -230,12 +242,14 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 		return nil
 	}
 	var takeErr error
+	saved := false // the memory file is complete (saveMemory removes a partial one)
 	if c.flags&DiskOnly != 0 {
 		takeErr = snapDisks(ctx)
 	} else {
 		c.op.setPhase(PhaseSavingMemory)
 		var res memorySaveResult
 		res, takeErr = saveMemory(ctx, d.mon, d.features, s.Memory.File, mode, c.op.setBytes, snapDisks)
+		saved = takeErr == nil
 		s.Downtime = res.Downtime
 		if takeErr == nil && res.Mode != mode {
 			labels[labelMemoryMode] = res.Mode.String()
@@ -250,7 +264,7 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 		takeErr = fmt.Errorf("%w: %w", ErrCanceled, ctx.Err())
 	}
 	if takeErr != nil {
-		return c.undoExternal(ctx, overlays, snapped, takeErr)
+		return c.undoExternal(ctx, overlays, snapped, saved, takeErr)
 	}
 	for i := range s.Disks {
 		if fi, err := os.Stat(s.Disks[i].Overlay); err == nil {
@@ -265,7 +279,7 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 // every file the attempt made is removed; the guest runs if it ran; the
 // intent goes. When QEMU cannot be asked the intent stays for the next
 // operation to reconcile.
-func (c *creation) undoExternal(ctx context.Context, overlays []string, snapped bool, cause error) error {
+func (c *creation) undoExternal(ctx context.Context, overlays []string, snapped, saved bool, cause error) error {
 	d, s := c.d, c.s
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
 	defer cancel()
@@ -277,7 +291,7 @@ func (c *creation) undoExternal(ctx context.Context, overlays []string, snapped 
 	}
 	if len(problems) == 0 {
 		removeFiles(overlays)
-		if s.Memory.File != "" {
+		if saved {
 			os.Remove(s.Memory.File)
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/vmsnap/vmsnap/store"
 )
@@ -140,31 +141,36 @@ func (d *Domain) deleteExternal(ctx context.Context, r *store.Record, disks []Di
 			live[b] = true
 		}
 	}
+	// frozenBy: the other snapshots whose point in time an image holds.
+	frozenBy := map[string][]string{}
 	recs, _ := d.store.List(ctx, d.uuid)
 	for _, rr := range recs {
 		for _, dd := range rr.Disks {
-			if dd.Kind != string(DiskExternal) {
+			if dd.Kind != string(DiskExternal) || dd.Removed {
 				continue
 			}
 			live[dd.File] = true
 			if rr.Name != s.Name {
 				live[dd.Overlay] = true
+				frozenBy[dd.File] = append(frozenBy[dd.File], rr.Name)
 			}
 		}
 	}
 	// Check every disk before changing any.
 	type merge struct {
+		idx   int // in r.Disks
 		ds    DiskSnapshot
 		child string   // the one live image backed by ds.File, merged into it ("" for none)
 		kids  []string // images backed by child
 		drop  []string // files to remove afterwards
 	}
 	var plan []merge
-	for _, ds := range s.Disks {
-		if ds.Kind != DiskExternal {
-			continue
+	for i, dd := range r.Disks {
+		if dd.Kind != string(DiskExternal) || dd.Removed {
+			continue // done by an earlier, interrupted run of this delete
 		}
-		m := merge{ds: ds}
+		ds := DiskSnapshot{Device: dd.Device, Node: dd.Node, File: dd.File, Kind: DiskExternal, Overlay: dd.Overlay}
+		m := merge{idx: i, ds: ds}
 		ownDead := false
 		if _, err := os.Stat(ds.Overlay); err == nil {
 			// The snapshot's own overlay is dead when a revert left it
@@ -185,6 +191,10 @@ func (d *Domain) deleteExternal(ctx context.Context, r *store.Record, disks []Di
 			return &DiskError{Disk: diskLabel(ds), Err: fmt.Errorf("%w: image %s backs %v (branches made by reverts); merging one into it would change what the others see — delete the snapshots of the other branches first, or use DeleteMetadataOnly to drop only the record", ErrUnsupported, ds.File, liveKids)}
 		}
 		if len(liveKids) == 1 {
+			if other := frozenBy[ds.File]; len(other) > 0 {
+				// Never write into another snapshot's point in time.
+				return &DiskError{Disk: diskLabel(ds), Err: fmt.Errorf("%w: image %s is also the frozen image of snapshot %v; merging %s into it would change that snapshot", ErrInconsistent, ds.File, other, liveKids[0])}
+			}
 			m.child = liveKids[0]
 			if sn := facts[m.child].Snapshots; len(sn) > 0 {
 				return &DiskError{Disk: diskLabel(ds), Err: fmt.Errorf("%w: overlay %s holds internal snapshots %v that a merge would destroy; delete them first", ErrUnsupported, m.child, sn)}
@@ -204,20 +214,11 @@ func (d *Domain) deleteExternal(ctx context.Context, r *store.Record, disks []Di
 		}
 	}
 	for _, m := range plan {
-		ds := m.ds
-		if m.child != "" {
-			if err := d.mergeOverlay(ctx, ds.File, m.child, m.kids, disks, nodes); err != nil {
-				return &DiskError{Disk: diskLabel(ds), Err: err}
-			}
-			// Records whose frozen image was the child now find it in File.
-			if err := d.renameImage(ctx, s.Name, m.child, ds.File); err != nil {
-				return err
-			}
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("%w before disk %s: %w", ErrCanceled, diskLabel(m.ds), err)
 		}
-		for _, f := range m.drop {
-			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return fmt.Errorf("remove merged overlay: %w", err)
-			}
+		if err := d.finishDiskDelete(context.WithoutCancel(ctx), r, s.Name, m.idx, m.ds, m.child, m.kids, m.drop, disks, nodes); err != nil {
+			return err
 		}
 	}
 	if s.Memory.File != "" {
@@ -228,14 +229,30 @@ func (d *Domain) deleteExternal(ctx context.Context, r *store.Record, disks []Di
 	return nil
 }
 
-func without(list []string, v string) []string {
-	var out []string
-	for _, x := range list {
-		if x != v {
-			out = append(out, x)
+// finishDiskDelete merges child into ds.File, points the records at the
+// merged image, removes the files left over and marks the disk done in r.
+// It runs under a context that is not cancelled: a merge that has started
+// is seen to its end, with its bookkeeping, or a rerun would find a state
+// it cannot tell from a branch.
+func (d *Domain) finishDiskDelete(ctx context.Context, r *store.Record, name string, idx int, ds DiskSnapshot, child string, kids, drop []string, disks []Disk, nodes map[string]string) error {
+	if child != "" {
+		if err := d.mergeOverlay(ctx, ds.File, child, kids, disks, nodes); err != nil {
+			return &DiskError{Disk: diskLabel(ds), Err: err}
+		}
+		// Records whose frozen image was the child now find it in File.
+		if err := d.renameImage(ctx, name, child, ds.File); err != nil {
+			return err
 		}
 	}
-	return out
+	for _, f := range drop {
+		if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove merged overlay: %w", err)
+		}
+	}
+	// This disk is done: a rerun of the delete (after a crash or a failure
+	// on another disk) must not merge it again.
+	r.Disks[idx].Removed = true
+	return d.store.Put(ctx, d.uuid, r)
 }
 
 // mergeOverlay commits overlay into base: online with block-commit when
@@ -243,21 +260,34 @@ func without(list []string, v string) []string {
 // children (kids) onto base.
 func (d *Domain) mergeOverlay(ctx context.Context, base, overlay string, kids []string, disks []Disk, nodes map[string]string) error {
 	for _, dk := range disks {
-		if dk.File != overlay && !slicesContains(dk.Backing, overlay) {
+		if dk.File != overlay && !slices.Contains(dk.Backing, overlay) {
 			continue
 		}
 		baseNode, ok := nodes[base]
 		if !ok {
 			return fmt.Errorf("QEMU has no node for %s", base)
 		}
+		var err error
 		if dk.File == overlay {
-			return d.blockCommit(ctx, dk.Node, "", baseNode)
+			err = d.blockCommit(ctx, dk.Node, "", baseNode)
+		} else if top, ok := nodes[overlay]; !ok {
+			err = fmt.Errorf("QEMU has no node for %s", overlay)
+		} else {
+			err = d.blockCommit(ctx, dk.Node, top, baseNode)
 		}
-		top, ok := nodes[overlay]
-		if !ok {
-			return fmt.Errorf("QEMU has no node for %s", overlay)
+		if err != nil {
+			return err
 		}
-		return d.blockCommit(ctx, dk.Node, top, baseNode)
+		// QEMU repointed its own chain; images outside it that the
+		// overlay backed (frozen images of other branches) are rebased.
+		for _, k := range kids {
+			if !d.inUse(disks, k) {
+				if err := d.rebase(ctx, k, base); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
 	}
 	// Not open in QEMU: merge the files.
 	for _, k := range kids {
@@ -268,21 +298,30 @@ func (d *Domain) mergeOverlay(ctx context.Context, base, overlay string, kids []
 	if err := d.qemuImg(ctx, "commit", "-q", "-d", "--", overlay); err != nil {
 		return err
 	}
+	for _, k := range kids {
+		if err := d.rebase(ctx, k, base); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// rebase points image at base without copying data (qemu-img rebase -u):
+// base already holds what image's old backing file held.
+func (d *Domain) rebase(ctx context.Context, image, base string) error {
 	baseFmt := "qcow2"
 	if fa, err := d.imageFacts(ctx, base); err == nil {
 		baseFmt = fa.Format
 	}
-	for _, k := range kids {
-		if err := d.qemuImg(ctx, "rebase", "-q", "-u", "-F", baseFmt, "-b", base, "--", k); err != nil {
-			return fmt.Errorf("rebase %s onto %s: %w", k, base, err)
-		}
+	if err := d.qemuImg(ctx, "rebase", "-q", "-u", "-F", baseFmt, "-b", base, "--", image); err != nil {
+		return fmt.Errorf("rebase %s onto %s: %w", image, base, err)
 	}
 	return nil
 }
 
 func (d *Domain) inUse(disks []Disk, file string) bool {
 	for _, dk := range disks {
-		if dk.File == file || slicesContains(dk.Backing, file) {
+		if dk.File == file || slices.Contains(dk.Backing, file) {
 			return true
 		}
 	}

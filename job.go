@@ -53,6 +53,10 @@ type jobSpec struct {
 	// completeWhenReady sends job-complete when the job reports "ready"
 	// (an active block-commit or a mirror waits there for it).
 	completeWhenReady bool
+	// keep leaves a successful job concluded in QEMU, undismissed, as
+	// evidence for reconciliation until the caller has recorded its
+	// outcome and dismisses it.
+	keep bool
 }
 
 // runJobSpec is runJob with every option.
@@ -127,7 +131,10 @@ func runJobSpec(ctx context.Context, mon qmp.Monitor, spec jobSpec) error {
 	if progress != nil && info.TotalProgress > 0 {
 		progress(info.CurrentProgress, info.TotalProgress)
 	}
-	dismissErr := mon.Execute(wctx, "job-dismiss", map[string]any{"id": id}, nil)
+	var dismissErr error
+	if !spec.keep || info.Error != "" {
+		dismissErr = mon.Execute(wctx, "job-dismiss", map[string]any{"id": id}, nil)
+	}
 	if info.Error != "" {
 		return &JobError{ID: id, Type: info.Type, Msg: info.Error}
 	}

@@ -2,6 +2,7 @@ package vmsnap
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 
@@ -93,9 +94,9 @@ func (d *Domain) list(ctx context.Context, op *Op[*Listing], flags Flags) (*List
 		return nil, err
 	}
 	defer unlock()
-	if err := d.reconcile(ctx, op.setPhase); err != nil {
-		return nil, err
-	}
+	// An intent that cannot be settled does not hide the listing: it shows
+	// as a problem of its snapshot and the error says why.
+	reconcileErr := d.reconcile(ctx, op.setPhase)
 	op.setPhase(PhaseListing)
 	recs, listErr := d.store.List(ctx, d.uuid)
 	if listErr != nil && len(recs) == 0 {
@@ -142,7 +143,7 @@ func (d *Domain) list(ctx context.Context, op *Op[*Listing], flags Flags) (*List
 		l.Untracked = append(l.Untracked, Untracked{Name: t, Disks: byTag[t]})
 	}
 	// A corrupt record file is reported, with the good records listed.
-	return l, listErr
+	return l, errors.Join(reconcileErr, listErr)
 }
 
 // checkAgainstQEMU adds a problem for every disk that no longer holds the

@@ -104,12 +104,16 @@ func fromRecord(r *store.Record) *DomainSnapshot {
 	}
 	for _, dd := range r.Disks {
 		if dd.Removed {
+			s.partial = append(s.partial, dd.Device)
 			continue
 		}
 		s.Disks = append(s.Disks, DiskSnapshot{
 			Device: dd.Device, Node: dd.Node, File: dd.File, Kind: DiskKind(dd.Kind), ID: dd.ID, Name: dd.Tag,
 			Overlay: dd.Overlay, VMStateSize: dd.VMStateSize, Date: dd.Date, VMClock: dd.VMClock,
 		})
+	}
+	if len(s.partial) > 0 {
+		s.Problems = append(s.Problems, fmt.Sprintf("an unfinished delete removed it from disks %v; it is on the others only (delete it again to finish)", s.partial))
 	}
 	if r.Status != store.StatusOK && r.Status != "" {
 		s.Problems = append(s.Problems, fmt.Sprintf("an operation left this snapshot %s (interrupted)", r.Status))

@@ -2,9 +2,11 @@ package vmsnap
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -116,7 +118,89 @@ func (d *Domain) revertRelaunch(ctx context.Context, op *Op[*DomainSnapshot], s 
 			return nil, err
 		}
 	}
-	return d.markCurrent(ctx, s)
+	s, err = d.markCurrent(ctx, s)
+	if err != nil {
+		return nil, err
+	}
+	return s, d.retireRevertOverlays(context.WithoutCancel(ctx), s.Name, disks, created)
+}
+
+// Revert overlays (the new top images a revert puts over a snapshot's
+// images) are recorded in the labels of the snapshot reverted to, so that
+// a later revert can remove the ones it leaves behind: a revert discards
+// the state since the last snapshot or revert, and that state is what
+// these files hold. Images vmsnap did not create are never removed.
+const labelRevertOverlay = "vmsnap.revert-overlay."
+
+// retireRevertOverlays records the overlays this revert created on the
+// record of name, and removes earlier revert overlays that were the top
+// images before it (old) and that nothing uses any more.
+func (d *Domain) retireRevertOverlays(ctx context.Context, name string, old []Disk, created []string) error {
+	recs, err := d.store.List(ctx, d.uuid)
+	if err != nil && len(recs) == 0 {
+		return err
+	}
+	now, err := d.disks(ctx)
+	if err != nil {
+		return err
+	}
+	used := map[string]bool{}
+	for _, dk := range now {
+		used[dk.File] = true
+		for _, b := range dk.Backing {
+			used[b] = true
+		}
+	}
+	for _, r := range recs {
+		for _, dd := range r.Disks {
+			if !dd.Removed {
+				used[dd.File], used[dd.Overlay] = true, true
+			}
+		}
+	}
+	wasTop := map[string]bool{}
+	for _, dk := range old {
+		wasTop[dk.File] = true
+	}
+	var errs []error
+	for _, r := range recs {
+		changed := false
+		for k, f := range r.Labels {
+			if !strings.HasPrefix(k, labelRevertOverlay) || !wasTop[f] || used[f] {
+				continue
+			}
+			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("remove revert overlay left behind: %w", err))
+				continue
+			}
+			delete(r.Labels, k)
+			changed = true
+		}
+		if r.Name == name {
+			if r.Labels == nil {
+				r.Labels = map[string]string{}
+			}
+			for _, f := range created {
+				r.Labels[labelRevertOverlay+strconv.Itoa(nextLabelIndex(r.Labels))] = f
+			}
+			changed = true
+		}
+		if changed {
+			if err := d.store.Put(ctx, d.uuid, r); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// nextLabelIndex returns the first free index for a revert-overlay label.
+func nextLabelIndex(labels map[string]string) int {
+	for i := 0; ; i++ {
+		if _, ok := labels[labelRevertOverlay+strconv.Itoa(i)]; !ok {
+			return i
+		}
+	}
 }
 
 func describe(s *DomainSnapshot) string {

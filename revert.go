@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/vmsnap/vmsnap/store"
@@ -56,6 +57,10 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 	s, err := d.get(ctx, name)
 	if err != nil {
 		return nil, err
+	}
+	if len(s.partial) > 0 {
+		// Reverting the other disks alone would mix points in time.
+		return nil, fmt.Errorf("%w: an unfinished delete removed the snapshot from disks %v; delete it again to finish", ErrInconsistent, s.partial)
 	}
 	if len(s.Disks) == 0 {
 		return nil, fmt.Errorf("%w: the snapshot holds no disk", ErrInconsistent)
@@ -139,12 +144,30 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 				vmstate = ds.Node
 			}
 		}
-		err = runJob(ctx, d.mon, jobID, "snapshot-load", map[string]any{"tag": s.Name, "vmstate": vmstate, "devices": snapshotNodes(s.Disks)}, op.setBytes, nil)
+		err = runJobSpec(ctx, d.mon, jobSpec{id: jobID, command: "snapshot-load", args: map[string]any{"tag": s.Name, "vmstate": vmstate, "devices": snapshotNodes(s.Disks)}, progress: op.setBytes, keep: true})
 	} else {
 		err = hmpErr(hmp.LoadVM(context.WithoutCancel(ctx), d.mon, s.Name))
 	}
+	if errors.Is(err, ErrCanceled) {
+		// The load ran to its end before the cancel was seen: past the
+		// point of no return, the revert completes.
+		err = nil
+	}
 	if err != nil {
-		// The guest is left as it was found: running again if it ran.
+		var je *JobError
+		if !errors.As(err, &je) && !errors.Is(err, hmp.ErrSnapshotNotFound) && !errors.Is(err, hmp.ErrDiskOnlySnapshot) && !errors.Is(err, hmp.ErrNoSnapshotDevice) {
+			// The outcome is unknown (the monitor failed, not the load):
+			// the intent stays, and the next operation reads the kept job
+			// to leave the guest as the load's outcome says.
+			return nil, err
+		}
+		if !loadTouchedNothing(err) {
+			// QEMU reverts the disks before it loads the memory state: a
+			// failure there leaves disks and memory from different times.
+			// Running that guest could corrupt its filesystems.
+			return nil, errors.Join(fmt.Errorf("%w; the guest is left paused: QEMU may have reverted its disks before the memory state failed to load", err), d.setRevertIntent(ctx, s.Name, nil))
+		}
+		// Nothing was changed: the guest is left as it was found.
 		if rerr := d.restoreRunning(ctx, st.Running); rerr != nil {
 			return nil, fmt.Errorf("%w (and %w)", err, rerr)
 		}
@@ -160,7 +183,30 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 	if err != nil {
 		return nil, err
 	}
+	if jobID != "" {
+		// Kept until now as the evidence reconciliation would read.
+		_ = d.mon.Execute(context.WithoutCancel(ctx), "job-dismiss", map[string]any{"id": jobID}, nil)
+	}
 	return s, d.setRevertIntent(ctx, s.Name, nil)
+}
+
+// loadTouchedNothing reports whether a failed load failed before QEMU
+// changed anything: the snapshot is missing, disk-only, or names no
+// usable device.
+func loadTouchedNothing(err error) bool {
+	if errors.Is(err, hmp.ErrSnapshotNotFound) || errors.Is(err, hmp.ErrDiskOnlySnapshot) || errors.Is(err, hmp.ErrNoSnapshotDevice) {
+		return true
+	}
+	var je *JobError
+	if !errors.As(err, &je) {
+		return false
+	}
+	for _, s := range []string{"does not exist", "disk-only snapshot", "No block device", "is required"} {
+		if strings.Contains(je.Msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // revertIntent is kept in the target record's labels while a revert runs.
@@ -199,11 +245,13 @@ func (d *Domain) setRevertIntent(ctx context.Context, name string, in *revertInt
 
 // reconcileRevert finishes a revert that was interrupted: if its
 // snapshot-load job concluded without error the snapshot becomes current
-// and the guest is left as the revert wanted; otherwise the guest is left
-// as it was before the revert.
+// and the guest is left as the revert wanted; if the job failed after QEMU
+// may have reverted disks, the guest stays paused; otherwise it is left as
+// it was before the revert.
 func (d *Domain) reconcileRevert(ctx context.Context, r *store.Record) error {
 	want, was := r.Labels[labelRevertWant] == "true", r.Labels[labelRevertWas] == "true"
 	loaded := false
+	var failed error
 	if id := r.Labels[labelRevertJob]; id != "" {
 		if j, err := findJob(ctx, d.mon, id); err == nil {
 			for j.Status != "concluded" && j.Status != "null" {
@@ -217,10 +265,16 @@ func (d *Domain) reconcileRevert(ctx context.Context, r *store.Record) error {
 				}
 			}
 			loaded = j.Error == ""
+			if !loaded {
+				failed = &JobError{ID: id, Type: j.Type, Msg: j.Error}
+			}
 			_ = d.mon.Execute(ctx, "job-dismiss", map[string]any{"id": id}, nil)
 		}
 	}
 	running := was
+	if failed != nil && !loadTouchedNothing(failed) {
+		running = false // disks and memory may not match: see revert
+	}
 	if loaded {
 		running = want
 		if err := d.store.SetCurrent(ctx, d.uuid, r.Name); err != nil {

@@ -136,6 +136,8 @@ type DomainSnapshot struct {
 	// List: a disk that no longer holds the snapshot, an operation left
 	// unfinished by a crash. Empty when the two agree.
 	Problems []string
+
+	partial []string // disks an unfinished delete already removed it from
 }
 
 // IsDiskOnly reports whether the snapshot holds disks but no memory state.

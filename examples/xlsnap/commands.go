@@ -63,7 +63,10 @@ func cmdCreate(ctx context.Context, g *globals, args []string, stdout, stderr io
 			return fmt.Errorf("snapshot %q: %w", spec.Name, err)
 		}
 	}
-	s, err := open(ctx, g, domain)
+	if quiesce && g.agent == "" {
+		return withName(spec.Name, errors.New("--quiesce needs the guest agent: give its socket with --agent SOCKET"))
+	}
+	s, err := open(ctx, g, domain, quiesce)
 	if err != nil {
 		return withName(spec.Name, err)
 	}
@@ -112,7 +115,7 @@ func cmdRevert(ctx context.Context, g *globals, args []string, stdout, stderr io
 	if force {
 		flags |= vmsnap.RevertForce
 	}
-	s, err := open(ctx, g, domain)
+	s, err := open(ctx, g, domain, false)
 	if err != nil {
 		return withName(name, err)
 	}
@@ -150,7 +153,7 @@ func cmdDelete(ctx context.Context, g *globals, args []string, stdout, stderr io
 	if metadataOnly {
 		flags |= vmsnap.DeleteMetadataOnly
 	}
-	s, err := open(ctx, g, domain)
+	s, err := open(ctx, g, domain, false)
 	if err != nil {
 		return withName(name, err)
 	}
@@ -186,7 +189,7 @@ func cmdList(ctx context.Context, g *globals, args []string, stdout, stderr io.W
 	if n > 1 {
 		return usagef("--long, --tree and --json exclude each other")
 	}
-	s, err := open(ctx, g, domain)
+	s, err := open(ctx, g, domain, false)
 	if err != nil {
 		return withName(name, err)
 	}

@@ -17,13 +17,21 @@
 //	--launch-cmd CMDLINE   QEMU command line to restart the domain with (split
 //	                       like a shell would, but no shell runs it)
 //	--launch-config FILE   the same, one argv word per line
-//	--timeout DURATION     how long to wait for the monitor (default 10s)
+//	--agent SOCKET         the guest agent's socket, for snapshot-create --quiesce
+//	--timeout DURATION     how long to wait for the monitor and the agent (default 10s)
 //
 // The metadata of a domain is keyed by the UUID QEMU reports (query-uuid).
 // Without -n, snapshot-create names the snapshot after the creation time
 // in epoch seconds; it prints the name it used. --live implies --external:
 // only an external snapshot can write memory while the guest runs.
 // snapshot-delete prints the names it deleted.
+//
+// --quiesce freezes the guest's filesystems through the QEMU guest agent
+// while the snapshot is taken, and thaws them after. It needs --agent
+// SOCKET: the host end of the agent's channel, e.g. QEMU started with
+// -chardev socket,path=SOCKET,server=on,wait=off,id=qga0 -device
+// virtio-serial -device virtserialport,chardev=qga0,name=org.qemu.guest_agent.0
+// and qemu-ga running in the guest. Other commands ignore --agent.
 //
 // snapshot-list prints one snapshot per line, name and creation time, as
 // xl list does; snapshots found in the images with no record follow,

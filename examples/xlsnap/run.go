@@ -19,12 +19,13 @@ const (
 	exitUsage = 2
 )
 
-const usageText = `usage: xlsnap [--store DIR] [--uuid UUID] [--launch-cmd CMDLINE | --launch-config FILE] [--timeout D] COMMAND ...
+const usageText = `usage: xlsnap [--store DIR] [--uuid UUID] [--launch-cmd CMDLINE | --launch-config FILE] [--agent SOCKET] [--timeout D] COMMAND ...
   snapshot-create [-n NAME] [-d DESCRIPTION] [--disk-only] [--external] [--live] [--quiesce] DOMAIN
   snapshot-list [--long | --tree | --json] DOMAIN [NAME]
   snapshot-revert -n NAME [--running | --paused] [--force] DOMAIN
   snapshot-delete -n NAME [--children] [--metadata-only] DOMAIN
-DOMAIN is the path of the domain's QMP unix socket.
+DOMAIN is the path of the domain's QMP unix socket; --quiesce needs the
+guest agent's socket as --agent SOCKET.
 `
 
 // globals are the options valid before and after the subcommand.
@@ -33,6 +34,7 @@ type globals struct {
 	uuid         string
 	launchCmd    string
 	launchConfig string
+	agent        string
 	timeout      time.Duration
 }
 
@@ -44,6 +46,7 @@ func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.uuid, "uuid", g.uuid, "the domain's `UUID` (needed when QEMU runs without -uuid)")
 	fs.StringVar(&g.launchCmd, "launch-cmd", g.launchCmd, "QEMU `CMDLINE` to restart the domain with (no shell runs it)")
 	fs.StringVar(&g.launchConfig, "launch-config", g.launchConfig, "`FILE` with the QEMU command line, one argv word per line")
+	fs.StringVar(&g.agent, "agent", g.agent, "the guest agent's unix `SOCKET`, for snapshot-create --quiesce")
 	fs.DurationVar(&g.timeout, "timeout", g.timeout, "how long to wait for the domain's monitor")
 }
 

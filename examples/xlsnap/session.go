@@ -7,6 +7,7 @@ import (
 
 	"github.com/vmsnap/vmsnap"
 	"github.com/vmsnap/vmsnap/launch"
+	"github.com/vmsnap/vmsnap/qga"
 	"github.com/vmsnap/vmsnap/qmp"
 	"github.com/vmsnap/vmsnap/store"
 )
@@ -16,6 +17,7 @@ type session struct {
 	mon      qmp.Monitor
 	dom      *vmsnap.Domain
 	launcher *launch.Exec // nil without --launch-cmd/--launch-config
+	agent    *qga.Agent   // nil unless the command quiesces
 }
 
 func (s *session) close() {
@@ -24,6 +26,9 @@ func (s *session) close() {
 		m.Close()
 	}
 	s.mon.Close()
+	if s.agent != nil {
+		s.agent.Close()
+	}
 }
 
 // launchArgv returns the command line given by --launch-cmd or
@@ -49,11 +54,27 @@ func (g *globals) launchArgv() ([]string, error) {
 
 // open connects to the domain's monitor first and only then opens the
 // store (the library's lock order: monitor first, store lock second).
-func open(ctx context.Context, g *globals, domain string) (*session, error) {
+// With withAgent it first connects to the guest agent at --agent.
+func open(ctx context.Context, g *globals, domain string, withAgent bool) (*session, error) {
 	argv, err := g.launchArgv()
 	if err != nil {
 		return nil, err
 	}
+	var agent *qga.Agent
+	if withAgent {
+		actx, cancel := context.WithTimeout(ctx, g.timeout)
+		agent, err = qga.Dial(actx, g.agent)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("domain %s: %w", domain, err)
+		}
+	}
+	ok := false
+	defer func() {
+		if !ok && agent != nil {
+			agent.Close()
+		}
+	}()
 	dctx, cancel := context.WithTimeout(ctx, g.timeout)
 	mon, err := qmp.Dial(dctx, "unix:"+domain)
 	cancel()
@@ -63,8 +84,7 @@ func open(ctx context.Context, g *globals, domain string) (*session, error) {
 	if err != nil {
 		return nil, fmt.Errorf("domain %s: connect to the monitor: %w", domain, err)
 	}
-	s := &session{mon: mon}
-	ok := false
+	s := &session{mon: mon, agent: agent}
 	defer func() {
 		if !ok {
 			mon.Close()
@@ -75,6 +95,9 @@ func open(ctx context.Context, g *globals, domain string) (*session, error) {
 		return nil, fmt.Errorf("domain %s: %w", domain, err)
 	}
 	opts := vmsnap.Options{UUID: g.uuid, Store: fs}
+	if agent != nil {
+		opts.Agent = agent
+	}
 	if argv != nil {
 		files, err := launch.DiskFiles(ctx, mon, argv)
 		if err != nil {
