@@ -48,8 +48,14 @@ type CreateSpec struct {
 // disks snapped when QEMU stops the guest to finish. The snapshot records
 // the guest's downtime.
 //
-// Quiesce freezes the guest's filesystems through Options.Agent around the
-// disk snapshot and always thaws them, also on failure and cancel.
+// A full external snapshot of a paused guest leaves it in QEMU's
+// "postmigrate" state: still paused, but its images are inactive and QEMU
+// takes no further memory snapshot (external full or live) until the
+// guest has run again.
+//
+// Quiesce (with DiskOnly) freezes the guest's filesystems through
+// Options.Agent around the disk snapshot and always thaws them, also on
+// failure and cancel.
 //
 // Halt leaves the guest paused after the snapshot; NoMetadata skips the
 // store (the snapshot is then only in QEMU, and List shows it as

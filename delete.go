@@ -85,7 +85,11 @@ func (d *Domain) delete(ctx context.Context, op *Op[[]string], name string, flag
 			if err := d.store.Put(ctx, d.uuid, r); err != nil {
 				return deleted, err
 			}
-			op.setPhase(PhaseDeleting)
+			if fromRecord(r).IsExternal() {
+				op.setPhase(PhaseMerging)
+			} else {
+				op.setPhase(PhaseDeleting)
+			}
 			if err := d.deleteFromImages(ctx, r, disks); err != nil {
 				if n != name {
 					err = fmt.Errorf("descendant %q: %w", n, err)

@@ -224,8 +224,7 @@ func (d *Domain) hasJobs() bool {
 	return d.features != nil && d.features.Has("snapshot-save") && d.features.Has("snapshot-load") && d.features.Has("snapshot-delete")
 }
 
-// hmpFallback wraps the HMP helpers so the name check they apply maps onto
-// ErrInvalidName.
+// hmpErr maps the name check the HMP helpers apply onto ErrInvalidName.
 func hmpErr(err error) error {
 	if errors.Is(err, hmp.ErrUnsafeName) {
 		return fmt.Errorf("%w: %w", ErrInvalidName, err)

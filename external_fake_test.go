@@ -234,3 +234,65 @@ func TestFakeQuiesceAlwaysThaws(t *testing.T) {
 		}
 	})
 }
+
+// A full external snapshot whose monitor connection drops while memory is
+// being written: QEMU's migration goes on. The next operation cancels it
+// (else it would pause the guest when it completed), keeps what surely
+// happened (the disks' overlays, taken before the memory) as a disk-only
+// snapshot, and removes the memory file it cannot vouch for.
+func TestFakeInterruptedMemorySave(t *testing.T) {
+	dir := t.TempDir()
+	srv, err := fakeqemu.Start(fakeqemu.Options{
+		Profile:     fakeqemu.QEMU72,
+		UUID:        fakeUUID,
+		MemoryBytes: 4 << 30,
+		Disks:       []fakeqemu.Disk{{Node: "disk0", Device: "dev0", File: filepath.Join(dir, "d0.qcow2")}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	ctx := testCtx(t)
+	fs, err := store.NewFileStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := func() (*qmp.Client, *vmsnap.Domain) {
+		mon, err := qmp.Dial(ctx, srv.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { mon.Close() })
+		dom, err := vmsnap.Open(ctx, mon, vmsnap.Options{Store: fs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return mon, dom
+	}
+	_, dom := open()
+	srv.DropOn("query-migrate", 2)
+	_, err = dom.Create(ctx, vmsnap.CreateSpec{Name: "cut"}, vmsnap.External).Wait(ctx)
+	if !errors.Is(err, qmp.ErrClosed) {
+		t.Fatalf("create: %v, want the lost connection", err)
+	}
+	mon, dom := open()
+	l, err := dom.List(ctx, 0).Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Snapshots) != 1 || l.Snapshots[0].State != vmsnap.StateDiskOnly || l.Snapshots[0].Memory.Kind != vmsnap.MemoryNone {
+		t.Fatalf("after reconciling: %+v", l.Snapshots)
+	}
+	var info struct {
+		Status string `json:"status"`
+	}
+	if err := mon.Execute(ctx, "query-migrate", nil, &info); err != nil || info.Status != "cancelled" {
+		t.Fatalf("migration after reconciling: %q %v, want cancelled", info.Status, err)
+	}
+	if srv.Status() != "running" {
+		t.Fatalf("guest %s", srv.Status())
+	}
+	if m, _ := filepath.Glob(filepath.Join(fs.Root(), fakeUUID, "*.save")); len(m) != 0 {
+		t.Fatalf("memory file left: %v", m)
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"time"
 
 	"github.com/vmsnap/vmsnap/store"
 )
@@ -116,6 +117,11 @@ func (d *Domain) reconcileDelete(ctx context.Context, r *store.Record, disks []D
 // committed as disk-only (what it surely is) and the memory file goes. If
 // no overlay is on a disk, the files the attempt made go with the record.
 func (d *Domain) reconcileCreateExternal(ctx context.Context, r *store.Record, s *DomainSnapshot, disks []Disk) error {
+	if s.Memory.Kind == MemoryExternal && d.online() {
+		if err := d.settleMigration(ctx); err != nil {
+			return err
+		}
+	}
 	done, none := externalDone(s, disks)
 	if r.Labels[labelGuestWasRunning] == "true" {
 		if err := d.restoreRunning(ctx, true); err != nil {
@@ -141,4 +147,45 @@ func (d *Domain) reconcileCreateExternal(ctx context.Context, r *store.Record, s
 		return d.store.Delete(ctx, d.uuid, s.Name)
 	}
 	return fmt.Errorf("%w: only some disks have the snapshot's overlay on top", ErrInconsistent)
+}
+
+// settleMigration stops a memory save that a crash left running in QEMU
+// (when it completed, QEMU would pause a guest that runs) and turns off
+// the capabilities a save turns on that would get in the way of the next
+// migration (background-snapshot, pause-before-switchover). The other
+// settings a save changes (max-bandwidth, capabilities it turned off)
+// were not recorded and stay as the save left them.
+func (d *Domain) settleMigration(ctx context.Context) error {
+	info, err := queryMigrate(ctx, d.mon)
+	if err != nil {
+		return err
+	}
+	if info.Status != "" && info.Status != "none" && !info.ended() {
+		if err := d.mon.Execute(ctx, "migrate_cancel", nil, nil); err != nil {
+			return fmt.Errorf("cancel the interrupted memory save: %w", err)
+		}
+		for deadline := time.Now().Add(30 * time.Second); ; {
+			if info, err = queryMigrate(ctx, d.mon); err != nil {
+				return err
+			}
+			if info.ended() {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%w: the interrupted memory save did not stop (status %s)", ErrBusy, info.Status)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	caps, err := queryCapabilities(ctx, d.mon)
+	if err != nil {
+		return err
+	}
+	off := map[string]bool{}
+	for _, c := range []string{capBackgroundSnapshot, capPauseBeforeSwitchover} {
+		if caps[c] {
+			off[c] = false
+		}
+	}
+	return setCapabilities(ctx, d.mon, off)
 }
