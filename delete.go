@@ -80,6 +80,11 @@ func (d *Domain) delete(ctx context.Context, op *Op[[]string], name string, flag
 			return deleted, err
 		}
 		if flags&DeleteMetadataOnly == 0 {
+			if s := fromRecord(r); !s.IsExternal() {
+				if b := buried(disks, s.Disks, s.Name); len(b) > 0 {
+					return deleted, errBuried(b)
+				}
+			}
 			op.setPhase(PhaseWritingMeta)
 			r.Status = store.StatusDeleting
 			if err := d.store.Put(ctx, d.uuid, r); err != nil {

@@ -32,6 +32,9 @@ type Disk struct {
 	VirtualSize uint64
 	// Snapshots are the internal snapshots in the top image.
 	Snapshots []DiskSnapshot
+	// Buried maps the tags of internal snapshots in the backing images
+	// (under an external snapshot's overlay) to the image holding them.
+	Buried map[string]string
 }
 
 // name is how errors and records name the disk.
@@ -130,6 +133,14 @@ func queryDisks(ctx context.Context, mon qmp.Monitor) ([]Disk, error) {
 		d.VirtualSize = in.Image.VirtualSize
 		for bi := in.Image.BackingImage; bi != nil; bi = bi.BackingImage {
 			d.Backing = append(d.Backing, bi.Filename)
+			for _, s := range bi.Snapshots {
+				if d.Buried == nil {
+					d.Buried = map[string]string{}
+				}
+				if _, seen := d.Buried[s.Name]; !seen {
+					d.Buried[s.Name] = bi.Filename
+				}
+			}
 		}
 		for _, s := range in.Image.Snapshots {
 			d.Snapshots = append(d.Snapshots, DiskSnapshot{
@@ -147,6 +158,29 @@ func queryDisks(ctx context.Context, mon qmp.Monitor) ([]Disk, error) {
 		disks = append(disks, d)
 	}
 	return disks, nil
+}
+
+// buried returns, for each of snaps whose internal snapshot tag is not in
+// its disk's top image but in a backing image (an external snapshot was
+// taken on top since), a description naming the disk and the image.
+func buried(disks []Disk, snaps []DiskSnapshot, tag string) []string {
+	var out []string
+	for _, ds := range snaps {
+		if dk, ok := matchDisk(disks, ds); ok {
+			if _, top := dk.snapshot(tag); !top {
+				if f, ok := dk.Buried[tag]; ok {
+					out = append(out, fmt.Sprintf("%s (in %s)", diskLabel(ds), f))
+				}
+			}
+		}
+	}
+	return out
+}
+
+// errBuried explains why an internal snapshot under an overlay cannot be
+// used.
+func errBuried(where []string) error {
+	return fmt.Errorf("%w: the snapshot is inside backing images under an external snapshot's overlay on disks %v; QEMU can neither load nor delete it there until that overlay is merged (delete the external snapshot taken after it)", ErrUnsupported, where)
 }
 
 // holding returns those of snaps whose disk (matched in disks) still holds

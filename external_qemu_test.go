@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -423,5 +424,53 @@ func TestQEMUExternalBranch(t *testing.T) {
 	}
 	if len(extra) != 0 {
 		t.Errorf("images neither QEMU nor a snapshot uses were left behind: %v", extra)
+	}
+}
+
+// An internal snapshot with an external one taken on top: its tag is now
+// in a backing image, where QEMU can neither load nor delete it. List says
+// so, revert and delete refuse without touching anything, and once the
+// external snapshot is deleted (its overlay merged down) all works again.
+func TestQEMUInternalUnderExternal(t *testing.T) {
+	l := openLaunched(t, qemutest.Options{}, vmsnap.Options{})
+	ctx := testCtx(t)
+	if _, err := l.dom.Create(ctx, vmsnap.CreateSpec{Name: "i1"}, vmsnap.DiskOnly).Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.dom.Create(ctx, vmsnap.CreateSpec{Name: "x1"}, vmsnap.External|vmsnap.DiskOnly).Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	lst, err := l.dom.List(ctx, 0).Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := lst.Snapshots[0].Problems; lst.Snapshots[0].Name != "i1" || len(p) != 2 || !strings.Contains(p[0], "backing image") {
+		t.Fatalf("i1's problems: %q", p)
+	}
+	if _, err := l.dom.Revert(ctx, "i1", vmsnap.RevertForce).Wait(ctx); !errors.Is(err, vmsnap.ErrUnsupported) {
+		t.Fatalf("revert of a buried internal snapshot: %v", err)
+	}
+	if _, err := l.dom.Delete(ctx, "i1", 0).Wait(ctx); !errors.Is(err, vmsnap.ErrUnsupported) {
+		t.Fatalf("delete of a buried internal snapshot: %v", err)
+	}
+	for _, d := range l.vm.Disks {
+		if !slices.Contains(qemutest.ImgSnapshots(t, d.File), "i1") {
+			t.Fatalf("%s lost i1", d.File)
+		}
+	}
+	if _, err := l.dom.Delete(ctx, "x1", 0).Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	lst, err = l.dom.List(ctx, 0).Wait(ctx)
+	if err != nil || len(lst.Snapshots) != 1 || len(lst.Snapshots[0].Problems) != 0 {
+		t.Fatalf("after merging x1: %+v %v", lst.Snapshots, err)
+	}
+	if _, err := l.dom.Delete(ctx, "i1", 0).Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range l.vm.Disks {
+		if tags := qemutest.ImgSnapshots(t, d.File); len(tags) != 0 {
+			t.Fatalf("%s still holds %v", d.File, tags)
+		}
 	}
 }

@@ -161,6 +161,8 @@ func checkAgainstQEMU(s *DomainSnapshot, disks []Disk) {
 		if got, has := dk.snapshot(s.Name); has {
 			s.Disks[i].Node = dk.Node
 			s.Disks[i].VMStateSize = got.VMStateSize
+		} else if f, ok := dk.Buried[s.Name]; ok {
+			s.Problems = append(s.Problems, fmt.Sprintf("disk %s holds the snapshot in backing image %s, under an external snapshot's overlay: it cannot be loaded or deleted there", diskLabel(ds), f))
 		} else {
 			s.Problems = append(s.Problems, fmt.Sprintf("disk %s no longer holds the snapshot", diskLabel(ds)))
 		}

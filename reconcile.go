@@ -103,6 +103,9 @@ func (d *Domain) reconcileDelete(ctx context.Context, r *store.Record, disks []D
 		}
 		return d.removeRecord(ctx, s.Name)
 	}
+	if b := buried(disks, s.Disks, s.Name); len(b) > 0 {
+		return errBuried(b)
+	}
 	if have := holding(disks, s.Disks, s.Name); len(have) > 0 {
 		if left, err := d.deleteInternal(ctx, have, s.Name); err != nil {
 			return d.keepPartial(ctx, r, left, err)

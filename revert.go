@@ -93,6 +93,9 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 		}
 		missing = append(missing, diskLabel(ds))
 	}
+	if b := buried(disks, s.Disks, s.Name); len(b) > 0 {
+		return nil, errBuried(b)
+	}
 	if len(missing) > 0 {
 		return nil, &DiskError{Disk: missing[0], Err: fmt.Errorf("%w: disks %v no longer hold the snapshot", ErrInconsistent, missing)}
 	}
