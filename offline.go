@@ -65,8 +65,10 @@ func (d *Domain) deleteInternal(ctx context.Context, disks []DiskSnapshot, tag s
 }
 
 // revertOffline applies internal snapshot tag to every disk of a shut-off
-// domain with qemu-img snapshot -a.
+// domain with qemu-img snapshot -a. It is not interrupted by ctx: stopping
+// after some disks would leave them at different points in time.
 func (d *Domain) revertOffline(ctx context.Context, disks []DiskSnapshot, tag string) error {
+	ctx = context.WithoutCancel(ctx)
 	var errs *multierror.Error
 	for _, ds := range disks {
 		if err := d.qemuImg(ctx, "snapshot", "-a", tag, "--", ds.File); err != nil {

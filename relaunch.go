@@ -90,11 +90,18 @@ func (d *Domain) revertRelaunch(ctx context.Context, op *Op[*DomainSnapshot], s 
 		removeFiles(created)
 		return nil, fmt.Errorf("%w (QEMU was restarted on its previous disks; the guest's memory state before the revert is lost)", cause)
 	}
+	// Applied disk by disk under a context that is not cancelled: once
+	// the first disk is reverted, stopping half way would mix times.
+	var applied []string
 	for _, ds := range s.Disks {
 		if ds.Kind == DiskInternal {
-			if err := d.qemuImg(ctx, "snapshot", "-a", s.Name, "--", ds.File); err != nil {
+			if err := d.qemuImg(context.WithoutCancel(ctx), "snapshot", "-a", s.Name, "--", ds.File); err != nil {
+				if len(applied) > 0 {
+					err = fmt.Errorf("%w (disks %v were already reverted: the disks now hold different points in time; revert again once the cause is fixed)", err, applied)
+				}
 				return fail(&DiskError{Disk: diskLabel(ds), Err: err})
 			}
+			applied = append(applied, diskLabel(ds))
 		}
 	}
 	mon, err := l.Start(ctx, spec)
