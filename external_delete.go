@@ -226,7 +226,7 @@ func (d *Domain) deleteExternal(ctx context.Context, r *store.Record, disks []Di
 			return fmt.Errorf("remove memory file: %w", err)
 		}
 	}
-	return nil
+	return d.removeRevertOverlays(ctx, r)
 }
 
 // finishDiskDelete merges child into ds.File, points the records at the

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vmsnap/vmsnap/store"
 )
 
 // revertRelaunch reverts to s by restarting QEMU through the Launcher: for
@@ -21,7 +23,7 @@ import (
 // Everything that can be checked is checked before the old process is
 // stopped. If starting the new process fails, the old top images are
 // started again (the guest boots from its disks) and the error says so.
-func (d *Domain) revertRelaunch(ctx context.Context, op *Op[*DomainSnapshot], s *DomainSnapshot, disks []Disk, wantRunning bool) (*DomainSnapshot, error) {
+func (d *Domain) revertRelaunch(ctx context.Context, op *Op[*DomainSnapshot], s *DomainSnapshot, disks []Disk, wantRunning, force bool) (*DomainSnapshot, error) {
 	l := d.opts.Launcher
 	if l == nil {
 		return nil, fmt.Errorf("%w: reverting %s needs a Launcher (Options.Launcher) to restart QEMU; vmsnap never guesses a QEMU command line", ErrUnsupported, describe(s))
@@ -129,51 +131,31 @@ func (d *Domain) revertRelaunch(ctx context.Context, op *Op[*DomainSnapshot], s 
 	if err != nil {
 		return nil, err
 	}
-	return s, d.retireRevertOverlays(context.WithoutCancel(ctx), s.Name, disks, created)
+	return s, d.retireRevertOverlays(context.WithoutCancel(ctx), s.Name, created, force)
 }
 
 // Revert overlays (the new top images a revert puts over a snapshot's
-// images) are recorded in the labels of the snapshot reverted to, so that
-// a later revert can remove the ones it leaves behind: a revert discards
-// the state since the last snapshot or revert, and that state is what
-// these files hold. Images vmsnap did not create are never removed.
+// images) are recorded in the labels of the snapshot reverted to. When a
+// later revert leaves one behind, it holds the only copy of the state the
+// guest reached since that revert: it is kept, unless the revert is made
+// with RevertForce, which removes every recorded revert overlay nothing
+// uses any more; deleting the snapshot removes its own. Images vmsnap did
+// not create are never removed.
 const labelRevertOverlay = "vmsnap.revert-overlay."
 
 // retireRevertOverlays records the overlays this revert created on the
-// record of name, and removes earlier revert overlays that were the top
-// images before it (old) and that nothing uses any more.
-func (d *Domain) retireRevertOverlays(ctx context.Context, name string, old []Disk, created []string) error {
-	recs, err := d.store.List(ctx, d.uuid)
-	if err != nil && len(recs) == 0 {
-		return err
-	}
-	now, err := d.disks(ctx)
+// record of name and, with force, removes the recorded revert overlays
+// that nothing uses any more.
+func (d *Domain) retireRevertOverlays(ctx context.Context, name string, created []string, force bool) error {
+	recs, used, err := d.usedImages(ctx, "")
 	if err != nil {
 		return err
-	}
-	used := map[string]bool{}
-	for _, dk := range now {
-		used[dk.File] = true
-		for _, b := range dk.Backing {
-			used[b] = true
-		}
-	}
-	for _, r := range recs {
-		for _, dd := range r.Disks {
-			if !dd.Removed {
-				used[dd.File], used[dd.Overlay] = true, true
-			}
-		}
-	}
-	wasTop := map[string]bool{}
-	for _, dk := range old {
-		wasTop[dk.File] = true
 	}
 	var errs []error
 	for _, r := range recs {
 		changed := false
 		for k, f := range r.Labels {
-			if !strings.HasPrefix(k, labelRevertOverlay) || !wasTop[f] || used[f] {
+			if !force || !strings.HasPrefix(k, labelRevertOverlay) || used[f] {
 				continue
 			}
 			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -218,4 +200,54 @@ func describe(s *DomainSnapshot) string {
 		return "a disk-only snapshot of a running domain"
 	}
 	return "this snapshot"
+}
+
+// usedImages returns the records and the set of images in use: in QEMU's
+// chains, or named by a record other than skip.
+func (d *Domain) usedImages(ctx context.Context, skip string) ([]*store.Record, map[string]bool, error) {
+	recs, err := d.store.List(ctx, d.uuid)
+	if err != nil && len(recs) == 0 {
+		return nil, nil, err
+	}
+	now, err := d.disks(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	used := map[string]bool{}
+	for _, dk := range now {
+		used[dk.File] = true
+		for _, b := range dk.Backing {
+			used[b] = true
+		}
+	}
+	for _, r := range recs {
+		if r.Name == skip {
+			continue
+		}
+		for _, dd := range r.Disks {
+			if !dd.Removed {
+				used[dd.File], used[dd.Overlay] = true, true
+			}
+		}
+	}
+	return recs, used, nil
+}
+
+// removeRevertOverlays removes the revert overlays recorded on r that
+// nothing else uses: r is being deleted, and they hold only states later
+// reverts discarded.
+func (d *Domain) removeRevertOverlays(ctx context.Context, r *store.Record) error {
+	_, used, err := d.usedImages(ctx, r.Name)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for k, f := range r.Labels {
+		if strings.HasPrefix(k, labelRevertOverlay) && !used[f] {
+			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
 }

@@ -80,7 +80,7 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 		if !d.online() {
 			return nil, fmt.Errorf("%w: reverting an external snapshot of a shut-off domain: start the domain first", ErrUnsupported)
 		}
-		return d.revertRelaunch(ctx, op, s, disks, wantRunning)
+		return d.revertRelaunch(ctx, op, s, disks, wantRunning, flags&RevertForce != 0)
 	}
 	var missing []string
 	for i, ds := range s.Disks {
@@ -111,7 +111,7 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 		if d.opts.Launcher == nil {
 			return nil, fmt.Errorf("%w: QEMU cannot load a disk-only snapshot into a running guest; give the Domain a Launcher (Options.Launcher) to restart QEMU on the reverted disks, or shut the domain off and revert it offline (OpenOffline, qemu-img snapshot -a)", ErrUnsupported)
 		}
-		return d.revertRelaunch(ctx, op, s, disks, wantRunning)
+		return d.revertRelaunch(ctx, op, s, disks, wantRunning, flags&RevertForce != 0)
 	}
 
 	st, err := d.guestState(ctx)

@@ -183,9 +183,10 @@ const (
 	RevertRunning
 	// RevertPaused leaves the guest paused after a revert.
 	RevertPaused
-	// RevertForce allows a revert that discards state the caller may not
-	// expect to lose (for example the current state of a disk that changed
-	// since an external snapshot).
+	// RevertForce lets a revert through a Launcher remove the overlays
+	// earlier reverts made that nothing uses any more. Without it they are
+	// kept: each holds the only copy of a state the guest reached after a
+	// revert and left with the next one.
 	RevertForce
 
 	// DeleteChildren deletes the snapshot and all its descendants.
