@@ -14,10 +14,8 @@ const labelGuestWasRunning = "vmsnap.guest-was-running"
 
 type intent store.Status
 
-const (
-	intentCreating = intent(store.StatusCreating)
-	intentDeleting = intent(store.StatusDeleting)
-)
+// intentCreating marks a record whose snapshot is being taken.
+const intentCreating = intent(store.StatusCreating)
 
 // lock takes the domain's store lock under ctx.
 func (d *Domain) lock(ctx context.Context) (func(), error) {

@@ -584,12 +584,12 @@ func parseSnapshotTags(out string) ([]string, error) {
 			return nil, fmt.Errorf("unexpected line %q", line)
 		}
 		// ID is left-aligned in 9 columns plus a space; the tag follows.
-		id, rest, _ := strings.Cut(line, " ")
+		id, _, _ := strings.Cut(line, " ")
 		start := len(id) + 1
 		if len(id) < 10 {
 			start = 10
 		}
-		rest = line[start:]
+		rest := line[start:]
 		f := strings.Fields(rest)
 		// From the right: [icount] clock time date unit size.
 		n := 5
