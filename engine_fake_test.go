@@ -581,9 +581,7 @@ func TestOpCancelRollsBack(t *testing.T) {
 	ctx := testCtx(t)
 	f.srv.Delay("snapshot-save", 200*time.Millisecond)
 	op := f.dom.Create(ctx, vmsnap.CreateSpec{Name: "cancelled"}, 0)
-	for op.Progress().Phase != vmsnap.PhaseSavingMemory {
-		time.Sleep(2 * time.Millisecond)
-	}
+	waitPhase(t, op, vmsnap.PhaseSavingMemory)
 	op.Cancel()
 	_, err := op.Wait(ctx)
 	if !errors.Is(err, vmsnap.ErrCanceled) {
@@ -665,5 +663,24 @@ func TestFakeLoadFailsCleanly(t *testing.T) {
 	}
 	if f.srv.Status() != "running" {
 		t.Fatalf("guest %s after a load that changed nothing", f.srv.Status())
+	}
+}
+
+// waitPhase waits until op reaches phase; it fails the test if op ends or
+// five seconds pass first.
+func waitPhase[T any](t *testing.T, op *vmsnap.Op[T], phase vmsnap.Phase) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for op.Progress().Phase != phase {
+		select {
+		case <-op.Done():
+			_, err := op.Result()
+			t.Fatalf("the operation ended before phase %q: %v", phase, err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("phase %q not reached; at %q", phase, op.Progress().Phase)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

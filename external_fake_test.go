@@ -11,6 +11,7 @@ import (
 
 	"github.com/vmsnap/vmsnap"
 	"github.com/vmsnap/vmsnap/internal/fakeqemu"
+	"github.com/vmsnap/vmsnap/internal/qemutest"
 	"github.com/vmsnap/vmsnap/qmp"
 	"github.com/vmsnap/vmsnap/store"
 )
@@ -52,6 +53,7 @@ func (a *fakeAgent) state() (frozen bool, freezes, thaws int) {
 // can be created beside them, bound with an agent.
 func startFakeFiles(t *testing.T, agent vmsnap.GuestAgent) (*fakeqemu.Server, *vmsnap.Domain, *store.FileStore, string) {
 	t.Helper()
+	qemutest.RequireImg(t) // external snapshots create their overlays with qemu-img
 	dir := t.TempDir()
 	srv, err := fakeqemu.Start(fakeqemu.Options{
 		Profile: fakeqemu.QEMU72,
@@ -210,8 +212,7 @@ func TestFakeQuiesceAlwaysThaws(t *testing.T) {
 		ctx := testCtx(t)
 		srv.Delay("transaction", 100e6)
 		op := dom.Create(ctx, vmsnap.CreateSpec{Name: "q"}, vmsnap.External|vmsnap.DiskOnly|vmsnap.Quiesce)
-		for op.Progress().Phase != vmsnap.PhaseSnappingDisks {
-		}
+		waitPhase(t, op, vmsnap.PhaseSnappingDisks)
 		op.Cancel()
 		op.Wait(ctx)
 		if frozen, f, th := a.state(); frozen || f != 1 || th != 1 {
@@ -241,6 +242,7 @@ func TestFakeQuiesceAlwaysThaws(t *testing.T) {
 // happened (the disks' overlays, taken before the memory) as a disk-only
 // snapshot, and removes the memory file it cannot vouch for.
 func TestFakeInterruptedMemorySave(t *testing.T) {
+	qemutest.RequireImg(t)
 	dir := t.TempDir()
 	srv, err := fakeqemu.Start(fakeqemu.Options{
 		Profile:     fakeqemu.QEMU72,

@@ -7,6 +7,7 @@ import (
 
 	"github.com/vmsnap/vmsnap"
 	"github.com/vmsnap/vmsnap/internal/fakeqemu"
+	"github.com/vmsnap/vmsnap/internal/qemutest"
 	"github.com/vmsnap/vmsnap/qmp"
 	"github.com/vmsnap/vmsnap/store"
 )
@@ -14,6 +15,7 @@ import (
 // Two domains sharing Options.MemoryDir take snapshots of one name: each
 // memory file is its own, and neither create touches the other's.
 func TestSharedMemoryDirKeepsDomainsApart(t *testing.T) {
+	qemutest.RequireImg(t)
 	ctx := testCtx(t)
 	memDir := t.TempDir()
 	fs, err := store.NewFileStore(t.TempDir())

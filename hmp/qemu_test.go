@@ -312,6 +312,7 @@ func TestQEMUPartialAndDiskOnly(t *testing.T) {
 // TestQEMUNoSnapshotDevice: a raw disk cannot take snapshots; savevm and
 // loadvm fail with ErrNoSnapshotDevice and the guest keeps running.
 func TestQEMUNoSnapshotDevice(t *testing.T) {
+	qemutest.Require(t)
 	raw := t.TempDir() + "/raw.img"
 	qemutest.Img(t, "create", "-q", "-f", "raw", raw, "1M")
 	vm := qemutest.Start(t, qemutest.Options{Disks: 1, ExtraArgs: []string{

@@ -78,6 +78,20 @@ func Require(t testing.TB) {
 	t.Skip(msg)
 }
 
+// RequireImg is Require for tests that run qemu-img only (no QEMU
+// process): it skips when qemu-img is missing, and fails when CI=true.
+func RequireImg(t testing.TB) {
+	t.Helper()
+	if _, err := exec.LookPath(imgBinary); err == nil {
+		return
+	}
+	msg := fmt.Sprintf("qemutest: %s is needed on PATH", imgBinary)
+	if os.Getenv("CI") == "true" {
+		t.Fatal(msg + " (CI=true: not skipping)")
+	}
+	t.Skip(msg)
+}
+
 // Disk is one qcow2 disk of a VM.
 type Disk struct {
 	// Node is the qcow2 format node's name: "disk0", "disk1", …
