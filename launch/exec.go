@@ -63,6 +63,9 @@ type Exec struct {
 	// exit after quit (default 10s); then it fails, it never kills a
 	// process it did not start.
 	QuitTimeout time.Duration
+	// StartTimeout bounds how long Start waits for the new QEMU's monitor
+	// to answer (default 60s); then it kills the process it started.
+	StartTimeout time.Duration
 
 	mu     sync.Mutex
 	cmd    *exec.Cmd
@@ -183,6 +186,14 @@ func (e *Exec) startPlanned(ctx context.Context, base []string, files map[string
 			return nil, fmt.Errorf("%w: the QEMU this launcher started (pid %d) still runs; Stop it first", ErrLaunch, e.cmd.Process.Pid)
 		}
 	}
+	// Never take the socket from a QEMU that still runs: it would lose its
+	// monitor, and a second QEMU would open the same images.
+	if e.Pid > 0 && !processGone(e.Pid) {
+		return nil, fmt.Errorf("%w: the domain's QEMU (pid %d) still runs; Stop it first", ErrLaunch, e.Pid)
+	}
+	if socketAnswers(e.Socket) {
+		return nil, fmt.Errorf("%w: something still serves %s; Stop the domain's QEMU first", ErrLaunch, e.Socket)
+	}
 	if err := removeStaleSocket(e.Socket); err != nil {
 		return nil, err
 	}
@@ -217,14 +228,17 @@ func (e *Exec) stopOld(ctx context.Context, old qmp.Monitor) error {
 			return fmt.Errorf("%w: quit the old QEMU: %w", ErrLaunch, err)
 		}
 	}
-	switch {
-	case e.cmd != nil:
+	// Wait for the process this Exec started and for the one Pid names
+	// (they differ after a Start that failed); with neither, for the
+	// socket to stop answering.
+	if e.cmd != nil {
 		select {
 		case <-e.exited:
-			return nil
 		case <-wctx.Done():
 			return fmt.Errorf("%w: old QEMU (pid %d) did not exit: %w", ErrLaunch, e.cmd.Process.Pid, wctx.Err())
 		}
+	}
+	switch {
 	case e.Pid > 0:
 		for !processGone(e.Pid) {
 			select {
@@ -233,6 +247,8 @@ func (e *Exec) stopOld(ctx context.Context, old qmp.Monitor) error {
 			case <-time.After(10 * time.Millisecond):
 			}
 		}
+		return nil
+	case e.cmd != nil:
 		return nil
 	default:
 		for socketAnswers(e.Socket) {
@@ -326,6 +342,14 @@ func (e *Exec) start(ctx context.Context, argv []string) (qmp.Monitor, error) {
 	}()
 	e.cmd, e.exited = cmd, exited
 
+	// A command line that never serves QMP on Socket must not make the
+	// caller wait for ever.
+	timeout := e.StartTimeout
+	if timeout <= 0 {
+		timeout = time.Minute
+	}
+	ctx, cancelStart := context.WithTimeout(ctx, timeout)
+	defer cancelStart()
 	var last error
 	for {
 		attempt, cancel := context.WithTimeout(ctx, time.Second)

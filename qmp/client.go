@@ -10,7 +10,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -233,8 +232,14 @@ func (c *Client) execute(ctx context.Context, command string, args, result any, 
 	if err != nil {
 		return err
 	}
+	name, err := json.Marshal(command)
+	if err != nil {
+		c.forget(id)
+		c.putCall(cl)
+		return fmt.Errorf("qmp: command name %q: %w", command, err)
+	}
 	b := append(cl.buf[:0], `{"execute":`...)
-	b = strconv.AppendQuote(b, command)
+	b = append(b, name...)
 	if argBytes != nil {
 		b = append(b, `,"arguments":`...)
 		b = append(b, argBytes...)
@@ -511,6 +516,16 @@ func (c *Client) dispatch(line []byte) {
 			c.greeting = Greeting{Version: g.Version.version(), Capabilities: g.Capabilities}
 			close(c.greeted)
 		}
+	case f.id == nil && f.err != nil:
+		// QEMU sends an error without an id when it could not parse a
+		// request (nesting too deep, duplicate keys): which call it
+		// answers cannot be told, and one bad request may draw several
+		// such errors. Rather than leave a call waiting for a reply that
+		// never comes, or hand one call another's error, the connection
+		// is closed: every pending call fails at once.
+		var e wireError
+		_ = json.Unmarshal(f.err, &e)
+		c.shutdown(fmt.Errorf("QEMU could not parse a request (%s: %s), so replies can no longer be matched to calls", e.Class, e.Desc))
 	case f.id != nil:
 		id, ok := parseID(f.id)
 		if !ok {

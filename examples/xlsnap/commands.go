@@ -64,7 +64,7 @@ func cmdCreate(ctx context.Context, g *globals, args []string, stdout, stderr io
 		}
 	}
 	if quiesce && g.agent == "" {
-		return withName(spec.Name, errors.New("--quiesce needs the guest agent: give its socket with --agent SOCKET"))
+		return usagef("--quiesce needs the guest agent: give its socket with --agent SOCKET")
 	}
 	s, err := open(ctx, g, domain, quiesce)
 	if err != nil {

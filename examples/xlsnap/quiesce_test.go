@@ -99,7 +99,7 @@ func TestXlsnapQuiesceRealQEMU(t *testing.T) {
 	cmd := func(args ...string) []string { return append(append([]string{}, g...), args...) }
 
 	// --quiesce without --agent: refused before anything happens.
-	msg := fails(t, bin, 1, []string{`"q0"`, "--quiesce", "--agent SOCKET"}, cmd("snapshot-create", "-n", "q0", "--quiesce", "--disk-only", sock)...)
+	msg := fails(t, bin, 2, []string{"--quiesce", "--agent SOCKET"}, cmd("snapshot-create", "-n", "q0", "--quiesce", "--disk-only", sock)...)
 	t.Logf("without --agent: %s", strings.TrimSpace(msg))
 	if tags := qemutest.ImgSnapshots(t, vm.Disks[0].File); slices.Contains(tags, "q0") {
 		t.Errorf("refused snapshot q0 is in the image: %q", tags)

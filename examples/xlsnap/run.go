@@ -74,6 +74,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlagSet("xlsnap")
 	g.register(fs)
 	if err := fs.Parse(args); err != nil {
+		if !errors.Is(err, flag.ErrHelp) {
+			err = usagef("%v", err)
+		}
 		return report(stderr, "", err)
 	}
 	rest := fs.Args()

@@ -56,6 +56,9 @@ func (g *globals) launchArgv() ([]string, error) {
 // store (the library's lock order: monitor first, store lock second).
 // With withAgent it first connects to the guest agent at --agent.
 func open(ctx context.Context, g *globals, domain string, withAgent bool) (*session, error) {
+	if g.timeout <= 0 {
+		return nil, usagef("--timeout must be positive, not %v", g.timeout)
+	}
 	argv, err := g.launchArgv()
 	if err != nil {
 		return nil, err
