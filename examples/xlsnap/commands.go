@@ -208,6 +208,10 @@ func cmdList(ctx context.Context, g *globals, args []string, stdout, stderr io.W
 			}
 			return fmt.Errorf("snapshot %q: %w in domain %s", name, vmsnap.ErrNotFound, s.dom.UUID())
 		}
+		if asJSON && len(l.Snapshots) == 0 {
+			// The JSON array holds recorded snapshots only.
+			return fmt.Errorf("snapshot %q: %w in the metadata of domain %s: QEMU holds it untracked (the other formats show it)", name, vmsnap.ErrNotFound, s.dom.UUID())
+		}
 	}
 	switch {
 	case asJSON:
