@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/vmsnap/vmsnap/hmp"
 	"github.com/vmsnap/vmsnap/store"
@@ -61,8 +62,8 @@ func (d *Domain) delete(ctx context.Context, op *Op[[]string], name string, flag
 	if flags&DeleteChildren != 0 {
 		desc := tree.Descendants(name)
 		// Deepest first, so no record is ever left pointing at a deleted parent.
-		order = append(order[:0], reverse(desc)...)
-		order = append(order, name)
+		slices.Reverse(desc)
+		order = append(desc, name)
 	}
 	var disks []Disk
 	if flags&DeleteMetadataOnly == 0 {
@@ -109,14 +110,6 @@ func (d *Domain) delete(ctx context.Context, op *Op[[]string], name string, flag
 		deleted = append(deleted, n)
 	}
 	return deleted, nil
-}
-
-func reverse(s []string) []string {
-	out := make([]string, len(s))
-	for i, v := range s {
-		out[len(s)-1-i] = v
-	}
-	return out
 }
 
 // deleteFromImages removes the snapshot of record r from the disks (and
