@@ -69,50 +69,43 @@ func (d *Domain) imageFacts(ctx context.Context, file string) (imageFacts, error
 	return f, nil
 }
 
-// knownImages lists every image file vmsnap can see for the domain: the
-// files in QEMU's chains and those named by any record.
-func (d *Domain) knownImages(ctx context.Context, disks []Disk) ([]string, error) {
-	seen := map[string]bool{}
-	var out []string
-	add := func(f string) {
-		if f != "" && !seen[f] {
-			seen[f] = true
-			out = append(out, f)
-		}
-	}
+// imagesInUse returns the images that must stay as they are: those in
+// QEMU's chains and those the records other than skip name (frozen images
+// and overlays of disks a delete has not finished).
+func imagesInUse(disks []Disk, recs []*store.Record, skip string) map[string]bool {
+	used := map[string]bool{}
 	for _, dk := range disks {
-		add(dk.File)
+		used[dk.File] = true
 		for _, b := range dk.Backing {
-			add(b)
+			used[b] = true
 		}
-	}
-	recs, err := d.store.List(ctx, d.uuid)
-	if err != nil && len(recs) == 0 {
-		return nil, err
 	}
 	for _, r := range recs {
+		if r.Name == skip {
+			continue
+		}
 		for _, dd := range r.Disks {
-			if dd.Kind == string(DiskExternal) {
-				add(dd.File)
-				add(dd.Overlay)
+			if !dd.Removed {
+				used[dd.File], used[dd.Overlay] = true, true
 			}
 		}
 	}
-	return out, nil
+	delete(used, "")
+	return used
 }
 
 // deleteExternal merges away external snapshot r's layers as above and
 // removes its memory file.
 func (d *Domain) deleteExternal(ctx context.Context, r *store.Record, disks []Disk) error {
 	s := fromRecord(r)
-	images, err := d.knownImages(ctx, disks)
-	if err != nil {
+	recs, err := d.store.List(ctx, d.uuid)
+	if err != nil && len(recs) == 0 {
 		return err
 	}
-	// backing of every known image that still exists.
+	// backing of every image vmsnap knows of that still exists.
 	backing := map[string]string{}
 	facts := map[string]imageFacts{}
-	for _, f := range images {
+	for f := range imagesInUse(disks, recs, "") {
 		if _, err := os.Stat(f); err != nil {
 			continue
 		}
@@ -132,26 +125,19 @@ func (d *Domain) deleteExternal(ctx context.Context, r *store.Record, disks []Di
 		}
 		return out
 	}
-	// live images: in QEMU's chains, or a record's frozen image or overlay
-	// (other than this snapshot's own overlay, judged below).
-	live := map[string]bool{}
-	for _, dk := range disks {
-		live[dk.File] = true
-		for _, b := range dk.Backing {
-			live[b] = true
-		}
-	}
+	// live images: in QEMU's chains, or named by another record, or this
+	// snapshot's frozen images (its own overlays are judged below).
+	live := imagesInUse(disks, recs, s.Name)
 	// frozenBy: the other snapshots whose point in time an image holds.
 	frozenBy := map[string][]string{}
-	recs, _ := d.store.List(ctx, d.uuid)
 	for _, rr := range recs {
 		for _, dd := range rr.Disks {
 			if dd.Kind != string(DiskExternal) || dd.Removed {
 				continue
 			}
-			live[dd.File] = true
-			if rr.Name != s.Name {
-				live[dd.Overlay] = true
+			if rr.Name == s.Name {
+				live[dd.File] = true
+			} else {
 				frozenBy[dd.File] = append(frozenBy[dd.File], rr.Name)
 			}
 		}

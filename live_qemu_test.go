@@ -9,6 +9,8 @@ import (
 
 	"github.com/vmsnap/vmsnap"
 	"github.com/vmsnap/vmsnap/internal/qemutest"
+	"github.com/vmsnap/vmsnap/qmp"
+	"github.com/vmsnap/vmsnap/store"
 )
 
 // loadedGuest starts the counter guest with 128 MiB of random data in RAM.
@@ -113,4 +115,88 @@ func TestQEMUCancelLargeSave(t *testing.T) {
 		t.Fatalf("overlays left: %v", overlays)
 	}
 	checkImages(t, l.vm.Disks[0].File, l.vm.Disks[1].File)
+}
+
+// TestQEMUInterruptedMemorySave loses the monitor connection (as a
+// toolstack that crashes would) while a full external snapshot writes
+// memory. The next operation, on a new connection, settles it: QEMU's
+// migration is stopped or over, the capabilities the save turned on are
+// off, the disk part is kept as a disk-only snapshot, the memory file it
+// cannot vouch for is gone, and the guest runs again.
+func TestQEMUInterruptedMemorySave(t *testing.T) {
+	blob := filepath.Join(t.TempDir(), "ram.bin")
+	writeRandom(t, blob, 128<<20)
+	sock := filepath.Join(t.TempDir(), "dom.sock")
+	vm := qemutest.Start(t, qemutest.Options{MemoryMiB: 256, DiskSize: "512M",
+		Loaders:   []qemutest.Loader{{File: blob, Addr: 0x1000000}},
+		ExtraArgs: []string{"-qmp", "unix:" + sock + ",server=on,wait=off"}})
+	ctx := testCtx(t)
+	fs, err := store.NewFileStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	open := func() *vmsnap.Domain {
+		mon, err := qmp.Dial(ctx, sock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { mon.Close() })
+		dom, err := vmsnap.Open(ctx, mon, vmsnap.Options{Store: fs})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return dom
+	}
+	dom := open()
+	op := dom.Create(ctx, vmsnap.CreateSpec{Name: "cut"}, vmsnap.External)
+	for deadline := time.Now().Add(30 * time.Second); op.Progress().Bytes == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no progress seen")
+		}
+		select {
+		case <-op.Done():
+			t.Fatalf("the save finished before the connection could be cut: %v", op.Progress())
+		default:
+		}
+	}
+	dom.Monitor().Close()
+	if _, err := op.Wait(ctx); !errors.Is(err, qmp.ErrClosed) {
+		t.Fatalf("create with the monitor gone: %v", err)
+	}
+
+	dom = open()
+	l, err := dom.List(ctx, 0).Wait(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Snapshots) != 1 || l.Snapshots[0].State != vmsnap.StateDiskOnly || l.Snapshots[0].Memory.Kind != vmsnap.MemoryNone || len(l.Snapshots[0].Problems) != 0 {
+		t.Fatalf("after settling: %+v", l.Snapshots)
+	}
+	if !running(t, vm) {
+		t.Fatal("guest not running after settling the interrupted save")
+	}
+	var info struct {
+		Status string `json:"status"`
+	}
+	if err := vm.Mon.Execute(ctx, "query-migrate", nil, &info); err != nil || (info.Status != "cancelled" && info.Status != "completed") {
+		t.Fatalf("migration after settling: %q %v", info.Status, err)
+	}
+	var caps []struct {
+		Capability string `json:"capability"`
+		State      bool   `json:"state"`
+	}
+	if err := vm.Mon.Execute(ctx, "query-migrate-capabilities", nil, &caps); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range caps {
+		if c.State && (c.Capability == "background-snapshot" || c.Capability == "pause-before-switchover") {
+			t.Fatalf("capability %s left on", c.Capability)
+		}
+	}
+	if m, _ := filepath.Glob(filepath.Join(fs.Root(), "*", "*.save")); len(m) != 0 {
+		t.Fatalf("memory file left: %v", m)
+	}
+	for _, ds := range l.Snapshots[0].Disks {
+		checkImages(t, ds.File, ds.Overlay)
+	}
 }

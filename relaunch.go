@@ -202,8 +202,8 @@ func describe(s *DomainSnapshot) string {
 	return "this snapshot"
 }
 
-// usedImages returns the records and the set of images in use: in QEMU's
-// chains, or named by a record other than skip.
+// usedImages returns the records and the images in use (imagesInUse)
+// with QEMU's chains as they are now.
 func (d *Domain) usedImages(ctx context.Context, skip string) ([]*store.Record, map[string]bool, error) {
 	recs, err := d.store.List(ctx, d.uuid)
 	if err != nil && len(recs) == 0 {
@@ -213,24 +213,7 @@ func (d *Domain) usedImages(ctx context.Context, skip string) ([]*store.Record, 
 	if err != nil {
 		return nil, nil, err
 	}
-	used := map[string]bool{}
-	for _, dk := range now {
-		used[dk.File] = true
-		for _, b := range dk.Backing {
-			used[b] = true
-		}
-	}
-	for _, r := range recs {
-		if r.Name == skip {
-			continue
-		}
-		for _, dd := range r.Disks {
-			if !dd.Removed {
-				used[dd.File], used[dd.Overlay] = true, true
-			}
-		}
-	}
-	return recs, used, nil
+	return recs, imagesInUse(now, recs, skip), nil
 }
 
 // removeRevertOverlays removes the revert overlays recorded on r that
