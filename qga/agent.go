@@ -35,8 +35,6 @@ import (
 	"os"
 	"sync"
 	"time"
-
-	"github.com/vmsnap/vmsnap"
 )
 
 // Freeze states reported by Status (the agent's GuestFsfreezeStatus). A
@@ -92,8 +90,6 @@ type Agent struct {
 	conn   net.Conn
 	closed bool
 }
-
-var _ vmsnap.GuestAgent = (*Agent)(nil)
 
 // Dial connects to the guest agent's socket at path and synchronises with
 // the agent (guest-sync-delimited). It fails when ctx ends first, which is
