@@ -60,15 +60,15 @@ type CreateSpec struct {
 // Halt leaves the guest paused after the snapshot; NoMetadata skips the
 // store (the snapshot is then only in QEMU, and List shows it as
 // untracked).
-func (d *Domain) Create(ctx context.Context, spec CreateSpec, flags Flags) *Op[*DomainSnapshot] {
+func (d *Domain) Create(ctx context.Context, spec CreateSpec, flags CreateFlags) *Op[*DomainSnapshot] {
 	if spec.Name == "" {
 		spec.Name = DefaultName(time.Now())
 	}
 	fail := func(err error) *Op[*DomainSnapshot] {
 		return failed[*DomainSnapshot](&Error{Op: "create", Domain: d.uuid, Snapshot: spec.Name, Err: err})
 	}
-	if flags&^createFlags != 0 {
-		return fail(fmt.Errorf("%w: %s not valid for create", ErrInvalidFlags, flags&^createFlags))
+	if flags.unknown() != 0 {
+		return fail(fmt.Errorf("%w: %s not valid for create", ErrInvalidFlags, flags.unknown()))
 	}
 	if err := ValidateName(spec.Name); err != nil {
 		return fail(err)
@@ -123,7 +123,7 @@ func (d *Domain) wrap(op, name string, err error) error {
 	return out
 }
 
-func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec CreateSpec, flags Flags) (*DomainSnapshot, error) {
+func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec CreateSpec, flags CreateFlags) (*DomainSnapshot, error) {
 	unlock, err := d.lock(ctx)
 	if err != nil {
 		return nil, err
@@ -215,7 +215,7 @@ type creation struct {
 	d          *Domain
 	op         *Op[*DomainSnapshot]
 	s          *DomainSnapshot
-	flags      Flags
+	flags      CreateFlags
 	disks, all []Disk
 	wasRunning bool
 	meta       bool

@@ -23,9 +23,9 @@ import (
 //
 // DeleteChildren deletes the snapshot's descendants too (deepest first).
 // DeleteMetadataOnly removes only the records and leaves the images alone.
-func (d *Domain) Delete(ctx context.Context, name string, flags Flags) *Op[[]string] {
-	if flags&^deleteFlags != 0 {
-		return failed[[]string](&Error{Op: "delete", Domain: d.uuid, Snapshot: name, Err: fmt.Errorf("%w: %s not valid for delete", ErrInvalidFlags, flags&^deleteFlags)})
+func (d *Domain) Delete(ctx context.Context, name string, flags DeleteFlags) *Op[[]string] {
+	if flags.unknown() != 0 {
+		return failed[[]string](&Error{Op: "delete", Domain: d.uuid, Snapshot: name, Err: fmt.Errorf("%w: %s not valid for delete", ErrInvalidFlags, flags.unknown())})
 	}
 	if err := ValidateName(name); err != nil {
 		return failed[[]string](&Error{Op: "delete", Domain: d.uuid, Snapshot: name, Err: err})
@@ -39,7 +39,7 @@ func (d *Domain) Delete(ctx context.Context, name string, flags Flags) *Op[[]str
 	})
 }
 
-func (d *Domain) delete(ctx context.Context, op *Op[[]string], name string, flags Flags) ([]string, error) {
+func (d *Domain) delete(ctx context.Context, op *Op[[]string], name string, flags DeleteFlags) ([]string, error) {
 	unlock, err := d.lock(ctx)
 	if err != nil {
 		return nil, err

@@ -117,9 +117,6 @@ func OpenOffline(ctx context.Context, uuid string, opts Options) (*Domain, error
 	return newDomain(nil, uuid, opts)
 }
 
-// ErrInvalidDomain: the domain UUID is missing or malformed.
-var ErrInvalidDomain = errors.New("invalid domain UUID")
-
 func newDomain(mon qmp.Monitor, uuid string, opts Options) (*Domain, error) {
 	if err := store.ValidateDomain(uuid); err != nil {
 		return nil, &Error{Op: "open", Domain: uuid, Err: fmt.Errorf("%w: %w", ErrInvalidDomain, err)}

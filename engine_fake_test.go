@@ -223,13 +223,13 @@ func TestFakeFaultsAtEveryStep(t *testing.T) {
 		_, err := f.fs.Get(testCtx(t), fakeUUID, "x")
 		return errors.Is(err, store.ErrNotFound) && len(f.tags(t, "disk0"))+len(f.tags(t, "disk1")) == 0
 	}
-	create := func(flags vmsnap.Flags) func(ctx context.Context, f *fakeDomain) error {
+	create := func(flags vmsnap.CreateFlags) func(ctx context.Context, f *fakeDomain) error {
 		return func(ctx context.Context, f *fakeDomain) error {
 			_, err := f.dom.Create(ctx, vmsnap.CreateSpec{Name: "x"}, flags).Wait(ctx)
 			return err
 		}
 	}
-	withSnapshot := func(flags vmsnap.Flags) func(t *testing.T, f *fakeDomain) {
+	withSnapshot := func(flags vmsnap.CreateFlags) func(t *testing.T, f *fakeDomain) {
 		return func(t *testing.T, f *fakeDomain) {
 			ctx := testCtx(t)
 			if _, err := f.dom.Create(ctx, vmsnap.CreateSpec{Name: "x"}, flags).Wait(ctx); err != nil {
@@ -435,7 +435,7 @@ func TestFakeRefusalsTouchNothing(t *testing.T) {
 			return err
 		}, vmsnap.ErrInvalidName},
 		{"bad-flags", func() error {
-			_, err := f.dom.Create(ctx, vmsnap.CreateSpec{Name: "b"}, vmsnap.RevertPaused).Wait(ctx)
+			_, err := f.dom.Create(ctx, vmsnap.CreateSpec{Name: "b"}, vmsnap.CreateFlags(1<<20)).Wait(ctx)
 			return err
 		}, vmsnap.ErrInvalidFlags},
 		{"revert-both", func() error {

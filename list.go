@@ -61,9 +61,9 @@ func (l *Listing) Tree() []*TreeNode {
 // against QEMU's view of the disks, plus the snapshots QEMU holds that no
 // record knows. The List* flags filter the recorded snapshots; several
 // flags keep a snapshot that passes every one of them.
-func (d *Domain) List(ctx context.Context, flags Flags) *Op[*Listing] {
-	if flags&^listFlags != 0 {
-		return failed[*Listing](&Error{Op: "list", Domain: d.uuid, Err: fmt.Errorf("%w: %s not valid for list", ErrInvalidFlags, flags&^listFlags)})
+func (d *Domain) List(ctx context.Context, flags ListFlags) *Op[*Listing] {
+	if flags.unknown() != 0 {
+		return failed[*Listing](&Error{Op: "list", Domain: d.uuid, Err: fmt.Errorf("%w: %s not valid for list", ErrInvalidFlags, flags.unknown())})
 	}
 	return start(ctx, func(ctx context.Context, op *Op[*Listing]) (*Listing, error) {
 		l, err := d.list(ctx, op, flags)
@@ -88,7 +88,7 @@ func (d *Domain) Get(ctx context.Context, name string) (*DomainSnapshot, error) 
 	return nil, &Error{Op: "get", Domain: d.uuid, Snapshot: name, Err: ErrNotFound}
 }
 
-func (d *Domain) list(ctx context.Context, op *Op[*Listing], flags Flags) (*Listing, error) {
+func (d *Domain) list(ctx context.Context, op *Op[*Listing], flags ListFlags) (*Listing, error) {
 	unlock, err := d.lock(ctx)
 	if err != nil {
 		return nil, err
@@ -169,7 +169,7 @@ func checkAgainstQEMU(s *DomainSnapshot, disks []Disk) {
 	}
 }
 
-func keep(s *DomainSnapshot, flags Flags, tree *store.Tree) bool {
+func keep(s *DomainSnapshot, flags ListFlags, tree *store.Tree) bool {
 	if flags&ListRoots != 0 && s.Parent != "" && tree.Record(s.Parent) != nil {
 		return false
 	}

@@ -31,7 +31,7 @@ func TestQEMULiveDowntime(t *testing.T) {
 	}
 	cases := []struct {
 		name  string
-		flags vmsnap.Flags
+		flags vmsnap.CreateFlags
 		opts  vmsnap.Options
 	}{
 		{"stopped", vmsnap.External, vmsnap.Options{}},

@@ -23,12 +23,12 @@ import (
 // QEMU cannot load a disk-only snapshot into a running guest: that is
 // refused with ErrUnsupported. Shut the domain off and revert it with a
 // Domain from OpenOffline (qemu-img snapshot -a on every disk).
-func (d *Domain) Revert(ctx context.Context, name string, flags Flags) *Op[*DomainSnapshot] {
+func (d *Domain) Revert(ctx context.Context, name string, flags RevertFlags) *Op[*DomainSnapshot] {
 	fail := func(err error) *Op[*DomainSnapshot] {
 		return failed[*DomainSnapshot](&Error{Op: "revert", Domain: d.uuid, Snapshot: name, Err: err})
 	}
-	if flags&^revertFlags != 0 {
-		return fail(fmt.Errorf("%w: %s not valid for revert", ErrInvalidFlags, flags&^revertFlags))
+	if flags.unknown() != 0 {
+		return fail(fmt.Errorf("%w: %s not valid for revert", ErrInvalidFlags, flags.unknown()))
 	}
 	if flags&RevertRunning != 0 && flags&RevertPaused != 0 {
 		return fail(fmt.Errorf("%w: RevertRunning and RevertPaused together", ErrInvalidFlags))
@@ -45,7 +45,7 @@ func (d *Domain) Revert(ctx context.Context, name string, flags Flags) *Op[*Doma
 	})
 }
 
-func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name string, flags Flags) (*DomainSnapshot, error) {
+func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name string, flags RevertFlags) (*DomainSnapshot, error) {
 	unlock, err := d.lock(ctx)
 	if err != nil {
 		return nil, err

@@ -144,7 +144,7 @@ func run(ctx context.Context, out io.Writer) (err error) {
 	var extra []string
 	for _, x := range []struct {
 		name, title string
-		flags       vmsnap.Flags
+		flags       vmsnap.CreateFlags
 	}{
 		{"external", `external snapshot "external"`, vmsnap.External},
 		{"live", `live external snapshot "live"`, vmsnap.External | vmsnap.Live},

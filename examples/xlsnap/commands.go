@@ -49,10 +49,10 @@ func cmdCreate(ctx context.Context, g *globals, args []string, stdout, stderr io
 	if err != nil {
 		return err
 	}
-	var flags vmsnap.Flags
+	var flags vmsnap.CreateFlags
 	for _, f := range []struct {
 		set  bool
-		flag vmsnap.Flags
+		flag vmsnap.CreateFlags
 	}{{diskOnly, vmsnap.DiskOnly}, {external || live, vmsnap.External}, {live, vmsnap.Live}, {quiesce, vmsnap.Quiesce}} {
 		if f.set {
 			flags |= f.flag
@@ -105,7 +105,7 @@ func cmdRevert(ctx context.Context, g *globals, args []string, stdout, stderr io
 	if running && paused {
 		return usagef("--running and --paused exclude each other")
 	}
-	var flags vmsnap.Flags
+	var flags vmsnap.RevertFlags
 	if running {
 		flags |= vmsnap.RevertRunning
 	}
@@ -146,7 +146,7 @@ func cmdDelete(ctx context.Context, g *globals, args []string, stdout, stderr io
 	if name == "" {
 		return usagef("-n NAME is required")
 	}
-	var flags vmsnap.Flags
+	var flags vmsnap.DeleteFlags
 	if children {
 		flags |= vmsnap.DeleteChildren
 	}
