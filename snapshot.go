@@ -153,4 +153,3 @@ func (s *DomainSnapshot) IsExternal() bool {
 	}
 	return false
 }
-
