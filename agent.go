@@ -5,12 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
-	"time"
 )
-
-// thawTimeout bounds a thaw. It runs under a context of its own: a guest
-// must never stay frozen because the operation's context ended.
-const thawTimeout = 30 * time.Second
 
 // freezeGuest freezes the guest's filesystems through agent
 // (guest-fsfreeze-freeze) and returns the function that thaws them
@@ -18,7 +13,7 @@ const thawTimeout = 30 * time.Second
 //
 // thaw is never nil, also when err is not: defer it at once. It is safe to
 // call any number of times and from several goroutines; the first call
-// thaws, under its own context with thawTimeout (so it works after ctx
+// thaws, under its own context (cleanupThaw, so it works after ctx
 // was cancelled), and every call returns that first call's error. When the
 // freeze fails, freezeGuest thaws at once (an agent may have frozen some
 // filesystems before failing) and thaw then does nothing more.
@@ -30,7 +25,7 @@ func freezeGuest(ctx context.Context, agent GuestAgent) (thaw func() error, err 
 	var thawErr error
 	thaw = func() error {
 		once.Do(func() {
-			tctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), thawTimeout)
+			tctx, cancel := cleanupContext(ctx, cleanupThaw)
 			defer cancel()
 			if _, err := agent.ThawFilesystems(tctx); err != nil {
 				thawErr = fmt.Errorf("thaw guest filesystems: %w", err)

@@ -99,12 +99,11 @@ func (d *Domain) Create(ctx context.Context, spec CreateSpec, flags CreateFlags)
 	if spec.Config == nil {
 		spec.Config = d.opts.Config
 	}
-	return start(ctx, func(ctx context.Context, op *Op[*DomainSnapshot]) (*DomainSnapshot, error) {
-		s, err := d.create(ctx, op, spec, flags)
-		if err != nil {
-			return nil, d.wrap("create", spec.Name, err)
+	return run(ctx, d, "create", spec.Name, func(ctx context.Context, op *Op[*DomainSnapshot], reconcileErr error) (*DomainSnapshot, error) {
+		if reconcileErr != nil {
+			return nil, reconcileErr
 		}
-		return s, nil
+		return d.create(ctx, op, spec, flags)
 	})
 }
 
@@ -124,14 +123,6 @@ func (d *Domain) wrap(op, name string, err error) error {
 }
 
 func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec CreateSpec, flags CreateFlags) (*DomainSnapshot, error) {
-	unlock, err := d.lock(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	if err := d.reconcile(ctx, op.setPhase); err != nil {
-		return nil, err
-	}
 	if flags&NoMetadata == 0 {
 		if _, err := d.get(ctx, spec.Name); err == nil {
 			return nil, fmt.Errorf("%w: the store has a snapshot of that name", ErrExists)
@@ -384,7 +375,7 @@ func (d *Domain) saveInternal(ctx context.Context, op *Op[*DomainSnapshot], disk
 // QEMU cannot be asked (a lost connection), the intent stays for the next
 // operation to reconcile: no record ever claims a snapshot as done.
 func (d *Domain) undoCreate(ctx context.Context, s *DomainSnapshot, wasRunning, meta bool, cause error) error {
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+	cctx, cancel := cleanupContext(ctx, cleanupRollback)
 	defer cancel()
 	var problems []error
 	after, err := d.disks(cctx)
@@ -401,7 +392,7 @@ func (d *Domain) undoCreate(ctx context.Context, s *DomainSnapshot, wasRunning, 
 		problems = append(problems, err)
 	}
 	if meta && len(problems) == 0 {
-		if err := d.store.Delete(cctx, d.uuid, s.Name); err != nil && !isStoreNotFound(err) {
+		if err := d.dropRecord(cctx, s.Name); err != nil {
 			problems = append(problems, fmt.Errorf("drop intent: %w", err))
 		}
 	}

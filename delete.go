@@ -30,26 +30,17 @@ func (d *Domain) Delete(ctx context.Context, name string, flags DeleteFlags) *Op
 	if err := ValidateName(name); err != nil {
 		return failed[[]string](&Error{Op: "delete", Domain: d.uuid, Snapshot: name, Err: err})
 	}
-	return start(ctx, func(ctx context.Context, op *Op[[]string]) ([]string, error) {
-		done, err := d.delete(ctx, op, name, flags)
-		if err != nil {
-			return done, d.wrap("delete", name, err)
+	return run(ctx, d, "delete", name, func(ctx context.Context, op *Op[[]string], reconcileErr error) ([]string, error) {
+		// A metadata-only delete is the way out of an intent that cannot be
+		// settled, so it goes ahead regardless.
+		if reconcileErr != nil && flags&DeleteMetadataOnly == 0 {
+			return nil, reconcileErr
 		}
-		return done, nil
+		return d.delete(ctx, op, name, flags)
 	})
 }
 
 func (d *Domain) delete(ctx context.Context, op *Op[[]string], name string, flags DeleteFlags) ([]string, error) {
-	unlock, err := d.lock(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	// A metadata-only delete is the way out of an intent that cannot be
-	// settled, so it goes ahead regardless.
-	if err := d.reconcile(ctx, op.setPhase); err != nil && flags&DeleteMetadataOnly == 0 {
-		return nil, err
-	}
 	recs, err := d.store.List(ctx, d.uuid)
 	if err != nil {
 		return nil, err
@@ -88,7 +79,7 @@ func (d *Domain) delete(ctx context.Context, op *Op[[]string], name string, flag
 			}
 			op.setPhase(PhaseWritingMeta)
 			r.Status = store.StatusDeleting
-			if err := d.store.Put(ctx, d.uuid, r); err != nil {
+			if err := d.putRecord(ctx, r); err != nil {
 				return deleted, err
 			}
 			if fromRecord(r).IsExternal() {
@@ -168,7 +159,7 @@ func (d *Domain) keepPartial(ctx context.Context, r *store.Record, left []DiskSn
 		}
 	}
 	r.Status = store.StatusOK
-	if err := d.store.Put(context.WithoutCancel(ctx), d.uuid, r); err != nil {
+	if err := d.putRecord(context.WithoutCancel(ctx), r); err != nil {
 		return errors.Join(cause, fmt.Errorf("record remaining disks: %w", err))
 	}
 	return cause

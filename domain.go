@@ -110,11 +110,28 @@ func Open(ctx context.Context, mon qmp.Monitor, opts Options) (*Domain, error) {
 // OpenOffline binds a shut-off domain: no QEMU process, only the image
 // files in opts.Disks. Its internal disk snapshots are made, listed,
 // reverted and deleted with qemu-img.
+//
+// A domain whose QEMU went down in the middle of a revert that restarts
+// QEMU is bound with OpenOffline too, with opts.Launcher and without
+// Disks: Reconcile then finishes the revert through the Launcher (or rolls
+// it back onto the previous disks), and the Domain is online again.
 func OpenOffline(ctx context.Context, uuid string, opts Options) (*Domain, error) {
-	if len(opts.Disks) == 0 {
-		return nil, &Error{Op: "open", Domain: uuid, Err: fmt.Errorf("%w: a shut-off domain needs Options.Disks", ErrNoDisks)}
+	if len(opts.Disks) == 0 && opts.Launcher == nil {
+		return nil, &Error{Op: "open", Domain: uuid, Err: fmt.Errorf("%w: a shut-off domain needs Options.Disks (or a Launcher, to finish an interrupted revert)", ErrNoDisks)}
 	}
 	return newDomain(nil, uuid, opts)
+}
+
+// Reconcile settles what interrupted operations left, as every mutating
+// operation does first: it finishes or rolls back each intent a crash
+// left in the store by asking QEMU (or the images) what really happened,
+// restarting QEMU through the Launcher when a revert that restarts it was
+// cut short. It returns the problems it could not settle.
+func (d *Domain) Reconcile(ctx context.Context) error {
+	_, err := run(ctx, d, "reconcile", "", func(ctx context.Context, op *Op[struct{}], reconcileErr error) (struct{}, error) {
+		return struct{}{}, reconcileErr
+	}).Wait(ctx)
+	return err
 }
 
 func newDomain(mon qmp.Monitor, uuid string, opts Options) (*Domain, error) {
@@ -200,7 +217,7 @@ func (d *Domain) restoreRunning(ctx context.Context, wasRunning bool) error {
 	if !wasRunning || d.mon == nil {
 		return nil
 	}
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	cctx, cancel := cleanupContext(ctx, cleanupResume)
 	defer cancel()
 	st, err := d.guestState(cctx)
 	if err != nil {

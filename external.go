@@ -12,7 +12,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/vmsnap/vmsnap/qmp"
 	"github.com/vmsnap/vmsnap/store"
@@ -281,7 +280,7 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 // operation to reconcile.
 func (c *creation) undoExternal(ctx context.Context, overlays []string, snapped, saved bool, cause error) error {
 	d, s := c.d, c.s
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Minute)
+	cctx, cancel := cleanupContext(ctx, cleanupExternalRollback)
 	defer cancel()
 	var problems []error
 	if snapped || errors.Is(cause, qmp.ErrClosed) {
@@ -299,7 +298,7 @@ func (c *creation) undoExternal(ctx context.Context, overlays []string, snapped,
 		problems = append(problems, err)
 	}
 	if c.meta && len(problems) == 0 {
-		if err := d.store.Delete(cctx, d.uuid, s.Name); err != nil && !isStoreNotFound(err) {
+		if err := d.dropRecord(cctx, s.Name); err != nil {
 			problems = append(problems, fmt.Errorf("drop intent: %w", err))
 		}
 	}

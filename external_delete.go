@@ -238,7 +238,7 @@ func (d *Domain) finishDiskDelete(ctx context.Context, r *store.Record, name str
 	// This disk is done: a rerun of the delete (after a crash or a failure
 	// on another disk) must not merge it again.
 	r.Disks[idx].Removed = true
-	return d.store.Put(ctx, d.uuid, r)
+	return d.putRecord(ctx, r)
 }
 
 // mergeOverlay commits overlay into base: online with block-commit when
@@ -333,7 +333,7 @@ func (d *Domain) renameImage(ctx context.Context, skip, from, to string) error {
 			}
 		}
 		if changed {
-			if err := d.store.Put(ctx, d.uuid, r); err != nil {
+			if err := d.putRecord(ctx, r); err != nil {
 				return err
 			}
 		}

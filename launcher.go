@@ -23,6 +23,19 @@ type Launcher interface {
 	Start(ctx context.Context, spec LaunchSpec) (qmp.Monitor, error)
 }
 
+// LaunchChecker is an optional interface of a Launcher, detected with a
+// type assertion (like database/sql/driver's Pinger). Before a relaunch
+// stops the running QEMU, the engine asks it whether it could start the
+// new process as spec says, and whether it could restart the present disks
+// should the revert fail; an error refuses the revert while nothing has
+// changed yet. launch.Exec implements it.
+type LaunchChecker interface {
+	// CheckLaunch reports whether Start(ctx, spec) could be carried out:
+	// every disk of spec is known, its new image can be substituted, the
+	// command line is complete. It must not start or stop anything.
+	CheckLaunch(ctx context.Context, spec LaunchSpec) error
+}
+
 // LaunchSpec says how to start the domain's new QEMU process.
 type LaunchSpec struct {
 	// ExtraArgs are appended to the command line, e.g. "-incoming", "defer"

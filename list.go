@@ -65,12 +65,8 @@ func (d *Domain) List(ctx context.Context, flags ListFlags) *Op[*Listing] {
 	if flags.unknown() != 0 {
 		return failed[*Listing](&Error{Op: "list", Domain: d.uuid, Err: fmt.Errorf("%w: %s not valid for list", ErrInvalidFlags, flags.unknown())})
 	}
-	return start(ctx, func(ctx context.Context, op *Op[*Listing]) (*Listing, error) {
-		l, err := d.list(ctx, op, flags)
-		if err != nil {
-			return l, d.wrap("list", "", err)
-		}
-		return l, nil
+	return run(ctx, d, "list", "", func(ctx context.Context, op *Op[*Listing], reconcileErr error) (*Listing, error) {
+		return d.list(ctx, op, flags, reconcileErr)
 	})
 }
 
@@ -88,15 +84,9 @@ func (d *Domain) Get(ctx context.Context, name string) (*DomainSnapshot, error) 
 	return nil, &Error{Op: "get", Domain: d.uuid, Snapshot: name, Err: ErrNotFound}
 }
 
-func (d *Domain) list(ctx context.Context, op *Op[*Listing], flags ListFlags) (*Listing, error) {
-	unlock, err := d.lock(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	// An intent that cannot be settled does not hide the listing: it shows
-	// as a problem of its snapshot and the error says why.
-	reconcileErr := d.reconcile(ctx, op.setPhase)
+// An intent that cannot be settled (reconcileErr) does not hide the
+// listing: it shows as a problem of its snapshot and the error says why.
+func (d *Domain) list(ctx context.Context, op *Op[*Listing], flags ListFlags, reconcileErr error) (*Listing, error) {
 	op.setPhase(PhaseListing)
 	recs, listErr := d.store.List(ctx, d.uuid)
 	if listErr != nil && len(recs) == 0 {
@@ -241,7 +231,7 @@ func (d *Domain) adopt(ctx context.Context, name, description string) (*DomainSn
 	if len(s.Disks) == 0 {
 		return nil, fmt.Errorf("%w: no disk holds a snapshot of that name", ErrNotFound)
 	}
-	if err := d.store.Put(ctx, d.uuid, toRecord(s)); err != nil {
+	if err := d.putRecord(ctx, toRecord(s)); err != nil {
 		return nil, err
 	}
 	return s, nil

@@ -91,7 +91,7 @@ func (d *Domain) imageInfo(ctx context.Context, od OfflineDisk) (Disk, error) {
 	if err := json.Unmarshal(out, &info); err != nil {
 		return Disk{}, fmt.Errorf("qemu-img info %s: %w", od.File, err)
 	}
-	dk := Disk{Device: od.Device, Node: od.Device, Format: info.Format, File: od.File}
+	dk := Disk{Device: od.Device, Node: od.Device, Format: info.Format, File: od.File, VirtualSize: info.VirtualSize}
 	if info.BackingFilename != "" {
 		dk.Backing = []string{info.BackingFilename}
 	}

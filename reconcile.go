@@ -23,9 +23,36 @@ import (
 //     as it was before, and "current" follows.
 //   - deleting: the delete is finished: the disks that still hold the
 //     snapshot lose it, the record goes, its children take its parent.
+//   - a relaunch intent: see reconcileRelaunch. It is settled first: it may
+//     bring the domain's QEMU back, and the others need QEMU's view.
+//
+// A domain bound with OpenOffline without disks (a domain whose QEMU is
+// down, bound only to finish a relaunch revert) settles relaunch intents
+// only: without QEMU or images there is nothing to check the others
+// against.
 func (d *Domain) reconcile(ctx context.Context, setPhase func(Phase)) error {
 	recs, err := d.store.List(ctx, d.uuid)
 	if err != nil && len(recs) == 0 {
+		return err
+	}
+	var errs []error
+	for _, r := range recs {
+		in, err := readRelaunchIntent(r)
+		if err == nil && in != nil {
+			setPhase(PhaseReconciling)
+			err = d.reconcileRelaunch(ctx, r, in)
+		}
+		if err != nil {
+			errs = append(errs, fmt.Errorf("reconcile snapshot %q: %w", r.Name, err))
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if !d.online() && len(d.opts.Disks) == 0 {
+		return nil
+	}
+	if recs, err = d.store.List(ctx, d.uuid); err != nil && len(recs) == 0 {
 		return err
 	}
 	var pending []*store.Record
@@ -42,7 +69,6 @@ func (d *Domain) reconcile(ctx context.Context, setPhase func(Phase)) error {
 	if err != nil {
 		return fmt.Errorf("reconcile: %w", err)
 	}
-	var errs []error
 	for _, r := range pending {
 		var err error
 		switch r.Status {
@@ -92,7 +118,7 @@ func (d *Domain) reconcileCreate(ctx context.Context, r *store.Record, disks []D
 			return fmt.Errorf("remove partial snapshot: %w", err)
 		}
 	}
-	return d.store.Delete(ctx, d.uuid, s.Name)
+	return d.dropRecord(ctx, s.Name)
 }
 
 func (d *Domain) reconcileDelete(ctx context.Context, r *store.Record, disks []Disk) error {
@@ -147,7 +173,7 @@ func (d *Domain) reconcileCreateExternal(ctx context.Context, r *store.Record, s
 		if s.Memory.File != "" {
 			os.Remove(s.Memory.File)
 		}
-		return d.store.Delete(ctx, d.uuid, s.Name)
+		return d.dropRecord(ctx, s.Name)
 	}
 	return fmt.Errorf("%w: only some disks have the snapshot's overlay on top", ErrInconsistent)
 }

@@ -2,27 +2,91 @@ package vmsnap
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
-	"strings"
 	"time"
 
+	"github.com/vmsnap/vmsnap/qmp"
 	"github.com/vmsnap/vmsnap/store"
 )
 
-// revertRelaunch reverts to s by restarting QEMU through the Launcher: for
-// an external snapshot, on new overlays over the snapshot's images (so the
-// snapshot's own files are never written and it can be reverted to again)
-// and, with memory, by loading the memory file into the new process; for an
-// internal disk-only snapshot, by applying it to the images with qemu-img
-// while no QEMU holds them. The guest is left running or paused as
-// wantRunning says.
+// A relaunch revert restarts QEMU through the Launcher: for an external
+// snapshot on new overlays over the snapshot's images (so the snapshot's
+// own files are never written and it can be reverted to again) and, with
+// memory, by loading the memory file into the new process; for an internal
+// disk-only snapshot by applying it to the images with qemu-img while no
+// QEMU holds them.
 //
-// Everything that can be checked is checked before the old process is
-// stopped. If starting the new process fails, the old top images are
-// started again (the guest boots from its disks) and the error says so.
+// It owns the guest from the moment it stops the old QEMU until the new
+// one runs, so it is crash safe like every other operation: before it
+// creates a file or stops anything it records a relaunch intent on the
+// target record (the phase, the overlays it will create, the disks to
+// restart on if it fails, how the guest should be left), and it moves the
+// phase on as it goes. reconcileRelaunch reads that intent and finishes
+// the revert or rolls it back, also when no QEMU runs at all.
+
+// relaunchPhase is how far a relaunch revert got.
+type relaunchPhase string
+
+const (
+	// relaunchPrepared: the intent is recorded; overlays may be (partly)
+	// created; the old QEMU may be quitting.
+	relaunchPrepared relaunchPhase = "prepared"
+	// relaunchStopped: the old QEMU is gone; internal disks may be
+	// (partly) reverted; the new QEMU may be starting.
+	relaunchStopped relaunchPhase = "stopped"
+	// relaunchStarted: the new QEMU answered on the target disks; the
+	// memory state may be loading; the guest may not be resumed yet.
+	relaunchStarted relaunchPhase = "started"
+)
+
+// labelRelaunch holds the JSON of a relaunchIntent on the record reverted
+// to while a relaunch revert runs.
+const labelRelaunch = "vmsnap.relaunch"
+
+// relaunchIntent is what reconcileRelaunch needs to finish or undo a
+// relaunch revert.
+type relaunchIntent struct {
+	Phase relaunchPhase `json:"phase"`
+	// Want is whether the guest should run once reverted.
+	Want bool `json:"want_running"`
+	// New are the disks the new QEMU opens; Created the overlays among
+	// their files that this revert creates (and removes on rollback).
+	New     []LaunchDisk `json:"new"`
+	Created []string     `json:"created"`
+	// Old are the disks QEMU ran on before, to restart on if the revert
+	// cannot finish.
+	Old []LaunchDisk `json:"old"`
+	// Force removes earlier revert overlays nothing uses (RevertForce).
+	Force bool `json:"force"`
+}
+
+// readRelaunchIntent returns the relaunch intent recorded on r, nil when
+// none.
+func readRelaunchIntent(r *store.Record) (*relaunchIntent, error) {
+	v, ok := r.Labels[labelRelaunch]
+	if !ok {
+		return nil, nil
+	}
+	var in relaunchIntent
+	if err := json.Unmarshal([]byte(v), &in); err != nil {
+		return nil, fmt.Errorf("%w: relaunch intent of snapshot %q: %w", ErrInconsistent, r.Name, err)
+	}
+	return &in, nil
+}
+
+// revertRelaunch reverts to s by restarting QEMU through the Launcher (see
+// above). The guest is left running or paused as wantRunning says.
+//
+// Everything that can be checked is checked before anything is written:
+// the snapshot's files, the Launcher's view of both command lines it may
+// need (LaunchChecker), the overlay paths. If starting the new process
+// fails, the old top images are started again (the guest boots from its
+// disks) and the error says so.
 func (d *Domain) revertRelaunch(ctx context.Context, op *Op[*DomainSnapshot], s *DomainSnapshot, disks []Disk, wantRunning, force bool) (*DomainSnapshot, error) {
 	l := d.opts.Launcher
 	if l == nil {
@@ -33,163 +97,302 @@ func (d *Domain) revertRelaunch(ctx context.Context, op *Op[*DomainSnapshot], s 
 			return nil, fmt.Errorf("%w: memory file: %w", ErrInconsistent, err)
 		}
 	}
-	// The disks as they are now, to restart on if the revert fails.
-	var old []LaunchDisk
+	in := relaunchIntent{Phase: relaunchPrepared, Want: wantRunning, Force: force}
 	for _, dk := range disks {
-		old = append(old, LaunchDisk{Device: dk.Device, Node: dk.Node, File: dk.File})
+		in.Old = append(in.Old, LaunchDisk{Device: dk.Device, Node: dk.Node, File: dk.File})
 	}
-	var spec LaunchSpec
-	var created []string
 	stamp := strconv.FormatInt(time.Now().UnixNano(), 36)
 	for _, ds := range s.Disks {
 		dk, ok := matchDisk(disks, ds)
 		if !ok {
-			removeFiles(created)
 			return nil, &DiskError{Disk: diskLabel(ds), Err: fmt.Errorf("%w: the disk is not attached", ErrInconsistent)}
 		}
 		top := dk.File
 		if ds.Kind == DiskExternal {
 			if _, err := os.Stat(ds.File); err != nil {
-				removeFiles(created)
 				return nil, &DiskError{Disk: diskLabel(ds), Err: fmt.Errorf("%w: snapshot image: %w", ErrInconsistent, err)}
 			}
 			top = overlayPath(ds.File, s.Name, "r"+stamp+"-")
-			info, err := d.imageInfo(ctx, OfflineDisk{Device: ds.Device, File: ds.File})
-			if err != nil {
-				removeFiles(created)
-				return nil, &DiskError{Disk: diskLabel(ds), Err: err}
+			if _, err := os.Lstat(top); err == nil {
+				return nil, &DiskError{Disk: diskLabel(ds), Err: fmt.Errorf("%w: overlay %s exists already", ErrExists, top)}
 			}
-			if err := d.createOverlay(ctx, top, ds.File, info.Format, dk.VirtualSize); err != nil {
-				removeFiles(created)
-				return nil, &DiskError{Disk: diskLabel(ds), Err: err}
-			}
-			created = append(created, top)
+			in.Created = append(in.Created, top)
 		}
-		spec.Disks = append(spec.Disks, LaunchDisk{Device: dk.Device, Node: dk.Node, File: top})
+		in.New = append(in.New, LaunchDisk{Device: dk.Device, Node: dk.Node, File: top})
 	}
-	if s.Memory.Kind == MemoryExternal {
-		spec.ExtraArgs = append(spec.ExtraArgs, "-incoming", "defer")
-	} else if !wantRunning {
-		spec.ExtraArgs = append(spec.ExtraArgs, "-S")
+	// The Launcher checks both command lines it may be asked for while the
+	// old QEMU still runs: a refusal changes nothing.
+	if c, ok := l.(LaunchChecker); ok {
+		if err := c.CheckLaunch(ctx, in.spec(s)); err != nil {
+			return nil, fmt.Errorf("%w: the launcher cannot start QEMU on the reverted disks (nothing was changed): %w", ErrUnsupported, err)
+		}
+		if err := c.CheckLaunch(ctx, LaunchSpec{Disks: in.Old}); err != nil {
+			return nil, fmt.Errorf("%w: the launcher could not restart QEMU on its present disks if the revert failed (nothing was changed): %w", ErrUnsupported, err)
+		}
 	}
-
+	if err := d.setRelaunchIntent(ctx, s.Name, &in); err != nil {
+		return nil, err
+	}
+	if err := d.createRevertOverlays(ctx, s, in.Created); err != nil {
+		return nil, d.undoRelaunch(ctx, s.Name, &in, false, err)
+	}
 	op.setPhase(PhaseRelaunching)
 	if err := l.Stop(ctx, d.mon); err != nil {
-		removeFiles(created)
-		return nil, fmt.Errorf("stop QEMU: %w", err)
+		// QEMU may or may not be gone: if it still answers, nothing
+		// happened; if not, the previous disks are started again.
+		return nil, d.undoRelaunch(ctx, s.Name, &in, !d.answers(ctx), fmt.Errorf("stop QEMU: %w", err))
 	}
-	// From here the old process is gone: any failure restarts the old disks.
-	fail := func(cause error) (*DomainSnapshot, error) {
-		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Minute)
-		defer cancel()
-		mon, err := l.Start(cctx, LaunchSpec{Disks: old})
+	return d.finishRelaunch(ctx, op, s, &in)
+}
+
+// spec is the LaunchSpec of the new QEMU.
+func (in *relaunchIntent) spec(s *DomainSnapshot) LaunchSpec {
+	spec := LaunchSpec{Disks: in.New}
+	if s.Memory.Kind == MemoryExternal {
+		spec.ExtraArgs = []string{"-incoming", "defer"}
+	} else if !in.Want {
+		spec.ExtraArgs = []string{"-S"}
+	}
+	return spec
+}
+
+// createRevertOverlays creates the overlay files of a relaunch revert over
+// the snapshot's frozen images; on error it removes the ones it made.
+func (d *Domain) createRevertOverlays(ctx context.Context, s *DomainSnapshot, created []string) error {
+	i := 0
+	for _, ds := range s.Disks {
+		if ds.Kind != DiskExternal {
+			continue
+		}
+		top := created[i]
+		i++
+		info, err := d.imageInfo(ctx, OfflineDisk{Device: ds.Device, File: ds.File})
 		if err == nil {
-			err = d.setMonitor(cctx, mon)
+			err = d.createOverlay(ctx, top, ds.File, info.Format, info.VirtualSize)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("%w; restarting QEMU on its previous disks failed too: %w", cause, err)
+			removeFiles(created[:i-1])
+			return &DiskError{Disk: diskLabel(ds), Err: err}
 		}
-		removeFiles(created)
-		return nil, fmt.Errorf("%w (QEMU was restarted on its previous disks; the guest's memory state before the revert is lost)", cause)
 	}
-	// Applied disk by disk under a context that is not cancelled: once
-	// the first disk is reverted, stopping half way would mix times.
-	var applied []string
-	for _, ds := range s.Disks {
-		if ds.Kind == DiskInternal {
+	return nil
+}
+
+// finishRelaunch runs a relaunch revert from the point where the old QEMU
+// is gone: it applies internal disk snapshots, starts the new QEMU, loads
+// the memory state, leaves the guest as wanted and commits. Each step is
+// safe to run again after a crash. A failure before the guest runs on the
+// reverted disks restarts QEMU on the previous disks.
+func (d *Domain) finishRelaunch(ctx context.Context, op *Op[*DomainSnapshot], s *DomainSnapshot, in *relaunchIntent) (*DomainSnapshot, error) {
+	l := d.opts.Launcher
+	if in.Phase == relaunchPrepared {
+		in.Phase = relaunchStopped
+		if err := d.setRelaunchIntent(ctx, s.Name, in); err != nil {
+			return nil, d.undoRelaunch(ctx, s.Name, in, true, err)
+		}
+	}
+	if in.Phase == relaunchStopped {
+		// Applied disk by disk under a context that is not cancelled: once
+		// the first disk is reverted, stopping half way would mix times.
+		var applied []string
+		for _, ds := range s.Disks {
+			if ds.Kind != DiskInternal {
+				continue
+			}
 			if err := d.qemuImg(context.WithoutCancel(ctx), "snapshot", "-a", s.Name, "--", ds.File); err != nil {
 				if len(applied) > 0 {
 					err = fmt.Errorf("%w (disks %v were already reverted: the disks now hold different points in time; revert again once the cause is fixed)", err, applied)
 				}
-				return fail(&DiskError{Disk: diskLabel(ds), Err: err})
+				return nil, d.undoRelaunch(ctx, s.Name, in, true, &DiskError{Disk: diskLabel(ds), Err: err})
 			}
 			applied = append(applied, diskLabel(ds))
 		}
-	}
-	mon, err := l.Start(ctx, spec)
-	if err != nil {
-		return fail(fmt.Errorf("start QEMU: %w", err))
-	}
-	if err := d.setMonitor(ctx, mon); err != nil {
-		mon.Close()
-		return fail(err)
-	}
-	if s.Memory.Kind == MemoryExternal {
-		op.setPhase(PhaseLoading)
-		if err := loadMemory(ctx, mon, s.Memory.File, op.setBytes); err != nil {
+		mon, err := l.Start(ctx, in.spec(s))
+		if err != nil {
+			return nil, d.undoRelaunch(ctx, s.Name, in, true, fmt.Errorf("start QEMU: %w", err))
+		}
+		if err := d.setMonitor(ctx, mon); err != nil {
 			_ = l.Stop(context.WithoutCancel(ctx), mon)
-			return fail(fmt.Errorf("load memory: %w", err))
+			return nil, d.undoRelaunch(ctx, s.Name, in, true, err)
+		}
+		in.Phase = relaunchStarted
+		if err := d.setRelaunchIntent(ctx, s.Name, in); err != nil {
+			return nil, err
 		}
 	}
-	if wantRunning {
+	// The new QEMU runs on the reverted disks.
+	if s.Memory.Kind == MemoryExternal {
+		st, err := d.guestState(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if st.State == "inmigrate" {
+			op.setPhase(PhaseLoading)
+			if err := loadMemory(ctx, d.mon, s.Memory.File, op.setBytes); err != nil {
+				_ = l.Stop(context.WithoutCancel(ctx), d.mon)
+				return nil, d.undoRelaunch(ctx, s.Name, in, true, fmt.Errorf("load memory: %w", err))
+			}
+		}
+	}
+	if in.Want {
 		op.setPhase(PhaseResuming)
 		if err := d.restoreRunning(ctx, true); err != nil {
 			return nil, err
 		}
 	}
-	s, err = d.markCurrent(ctx, s)
-	if err != nil {
+	op.setPhase(PhaseWritingMeta)
+	if err := d.commitRelaunch(context.WithoutCancel(ctx), s.Name, in); err != nil {
 		return nil, err
 	}
-	return s, d.retireRevertOverlays(context.WithoutCancel(ctx), s.Name, created, force)
+	s.Current = true
+	return s, nil
 }
 
-// Revert overlays (the new top images a revert puts over a snapshot's
-// images) are recorded in the labels of the snapshot reverted to. When a
-// later revert leaves one behind, it holds the only copy of the state the
-// guest reached since that revert: it is kept, unless the revert is made
-// with RevertForce, which removes every recorded revert overlay nothing
-// uses any more; deleting the snapshot removes its own. Images vmsnap did
-// not create are never removed.
-const labelRevertOverlay = "vmsnap.revert-overlay."
+// undoRelaunch rolls a relaunch revert back: when the old QEMU is gone
+// (restart) it is started again on the previous disks; the overlays the
+// revert created are removed and the intent is cleared. When even the
+// restart fails, the intent stays (the next operation or Reconcile tries
+// again) and the error says the domain is down and on which files it ran.
+func (d *Domain) undoRelaunch(ctx context.Context, name string, in *relaunchIntent, restart bool, cause error) error {
+	cctx, cancel := cleanupContext(ctx, cleanupRelaunch)
+	defer cancel()
+	if errors.Is(cause, context.Canceled) || errors.Is(cause, context.DeadlineExceeded) {
+		cause = fmt.Errorf("%w: %w", ErrCanceled, cause)
+	}
+	if restart {
+		mon, err := d.opts.Launcher.Start(cctx, LaunchSpec{Disks: in.Old})
+		if err == nil {
+			if err = d.setMonitor(cctx, mon); err != nil {
+				_ = d.opts.Launcher.Stop(cctx, mon)
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("%w; the domain is DOWN: restarting QEMU on its previous disks failed too (%w); its disks were %s — start it on them (or call Domain.Reconcile with a working Launcher)", cause, err, describeDisks(in.Old))
+		}
+		cause = fmt.Errorf("%w (QEMU was restarted on its previous disks; the guest's memory state before the revert is lost)", cause)
+	}
+	removeFiles(in.Created)
+	if err := d.setRelaunchIntent(cctx, name, nil); err != nil {
+		return errors.Join(cause, err)
+	}
+	return cause
+}
 
-// retireRevertOverlays records the overlays this revert created on the
-// record of name and, with force, removes the recorded revert overlays
-// that nothing uses any more.
-func (d *Domain) retireRevertOverlays(ctx context.Context, name string, created []string, force bool) error {
-	recs, used, err := d.usedImages(ctx, "")
-	if err != nil {
+func describeDisks(disks []LaunchDisk) string {
+	var b []byte
+	for i, dk := range disks {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		b = fmt.Appendf(b, "%s=%s", diskName(dk), dk.File)
+	}
+	return string(b)
+}
+
+func diskName(dk LaunchDisk) string {
+	if dk.Device != "" {
+		return dk.Device
+	}
+	return dk.Node
+}
+
+// answers reports whether the domain's QEMU still answers its monitor.
+func (d *Domain) answers(ctx context.Context) bool {
+	if d.mon == nil {
+		return false
+	}
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+	defer cancel()
+	_, err := qmp.QueryStatus(cctx, d.mon)
+	return err == nil
+}
+
+// reconcileRelaunch settles a relaunch revert that a crash interrupted:
+//   - QEMU answers on the target disks: the new QEMU started; the memory
+//     state is loaded if QEMU still waits for it, the guest is left as the
+//     revert wanted, the revert is committed;
+//   - QEMU answers on other disks: the old QEMU was never stopped; the
+//     revert is rolled back (its overlays go);
+//   - no QEMU answers: with a Launcher the revert is finished from the
+//     stopped point (overlays that are missing or damaged are made again);
+//     without one the error says the domain is down and what to run.
+func (d *Domain) reconcileRelaunch(ctx context.Context, r *store.Record, in *relaunchIntent) error {
+	s := fromRecord(r)
+	op := &Op[*DomainSnapshot]{}
+	if d.answers(ctx) {
+		disks, err := d.disks(ctx)
+		if err != nil {
+			return err
+		}
+		onNew := len(in.New) > 0
+		for _, nd := range in.New {
+			found := false
+			for _, dk := range disks {
+				if dk.File == nd.File {
+					found = true
+				}
+			}
+			onNew = onNew && found
+		}
+		if !onNew {
+			return d.undoRelaunch(ctx, s.Name, in, false, nil)
+		}
+		in.Phase = relaunchStarted
+		_, err = d.finishRelaunch(ctx, op, s, in)
 		return err
 	}
-	var errs []error
-	for _, r := range recs {
-		changed := false
-		for k, f := range r.Labels {
-			if !force || !strings.HasPrefix(k, labelRevertOverlay) || used[f] {
-				continue
-			}
-			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
-				errs = append(errs, fmt.Errorf("remove revert overlay left behind: %w", err))
-				continue
-			}
-			delete(r.Labels, k)
-			changed = true
-		}
-		if r.Name == name {
-			if r.Labels == nil {
-				r.Labels = map[string]string{}
-			}
-			for _, f := range created {
-				r.Labels[labelRevertOverlay+strconv.Itoa(nextLabelIndex(r.Labels))] = f
-			}
-			changed = true
-		}
-		if changed {
-			if err := d.store.Put(ctx, d.uuid, r); err != nil {
-				errs = append(errs, err)
-			}
+	if d.opts.Launcher == nil {
+		return fmt.Errorf("%w: a revert to %q was interrupted and no QEMU runs: the domain is down; give the Domain a Launcher and call Reconcile to finish the revert, or start QEMU on its previous disks %s", ErrInconsistent, s.Name, describeDisks(in.Old))
+	}
+	for _, f := range in.Created {
+		if !d.usableOverlay(ctx, f) {
+			os.Remove(f)
 		}
 	}
-	return errors.Join(errs...)
+	var missing []string
+	for _, f := range in.Created {
+		if _, err := os.Lstat(f); err != nil {
+			missing = append(missing, f)
+		}
+	}
+	if len(missing) > 0 {
+		if err := d.recreateRevertOverlays(ctx, s, in, missing); err != nil {
+			return d.undoRelaunch(ctx, s.Name, in, true, err)
+		}
+	}
+	in.Phase = relaunchStopped
+	_, err := d.finishRelaunch(ctx, op, s, in)
+	return err
 }
 
-// nextLabelIndex returns the first free index for a revert-overlay label.
-func nextLabelIndex(labels map[string]string) int {
-	for i := 0; ; i++ {
-		if _, ok := labels[labelRevertOverlay+strconv.Itoa(i)]; !ok {
-			return i
+// usableOverlay reports whether f is a qcow2 image qemu-img can read.
+func (d *Domain) usableOverlay(ctx context.Context, f string) bool {
+	fa, err := d.imageFacts(ctx, f)
+	return err == nil && fa.Format == "qcow2" && fa.Backing != ""
+}
+
+// recreateRevertOverlays makes again those of the revert's overlays that
+// are missing.
+func (d *Domain) recreateRevertOverlays(ctx context.Context, s *DomainSnapshot, in *relaunchIntent, missing []string) error {
+	i := 0
+	for _, ds := range s.Disks {
+		if ds.Kind != DiskExternal {
+			continue
+		}
+		top := in.Created[i]
+		i++
+		if !slices.Contains(missing, top) {
+			continue
+		}
+		info, err := d.imageInfo(ctx, OfflineDisk{Device: ds.Device, File: ds.File})
+		if err == nil {
+			err = d.createOverlay(ctx, top, ds.File, info.Format, info.VirtualSize)
+		}
+		if err != nil {
+			return &DiskError{Disk: diskLabel(ds), Err: err}
 		}
 	}
+	return nil
 }
 
 func describe(s *DomainSnapshot) string {
@@ -200,37 +403,4 @@ func describe(s *DomainSnapshot) string {
 		return "a disk-only snapshot of a running domain"
 	}
 	return "this snapshot"
-}
-
-// usedImages returns the records and the images in use (imagesInUse)
-// with QEMU's chains as they are now.
-func (d *Domain) usedImages(ctx context.Context, skip string) ([]*store.Record, map[string]bool, error) {
-	recs, err := d.store.List(ctx, d.uuid)
-	if err != nil && len(recs) == 0 {
-		return nil, nil, err
-	}
-	now, err := d.disks(ctx)
-	if err != nil {
-		return nil, nil, err
-	}
-	return recs, imagesInUse(now, recs, skip), nil
-}
-
-// removeRevertOverlays removes the revert overlays recorded on r that
-// nothing else uses: r is being deleted, and they hold only states later
-// reverts discarded.
-func (d *Domain) removeRevertOverlays(ctx context.Context, r *store.Record) error {
-	_, used, err := d.usedImages(ctx, r.Name)
-	if err != nil {
-		return err
-	}
-	var errs []error
-	for k, f := range r.Labels {
-		if strings.HasPrefix(k, labelRevertOverlay) && !used[f] {
-			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
-				errs = append(errs, err)
-			}
-		}
-	}
-	return errors.Join(errs...)
 }

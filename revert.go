@@ -36,24 +36,15 @@ func (d *Domain) Revert(ctx context.Context, name string, flags RevertFlags) *Op
 	if err := ValidateName(name); err != nil {
 		return fail(err)
 	}
-	return start(ctx, func(ctx context.Context, op *Op[*DomainSnapshot]) (*DomainSnapshot, error) {
-		s, err := d.revert(ctx, op, name, flags)
-		if err != nil {
-			return nil, d.wrap("revert", name, err)
+	return run(ctx, d, "revert", name, func(ctx context.Context, op *Op[*DomainSnapshot], reconcileErr error) (*DomainSnapshot, error) {
+		if reconcileErr != nil {
+			return nil, reconcileErr
 		}
-		return s, nil
+		return d.revert(ctx, op, name, flags)
 	})
 }
 
 func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name string, flags RevertFlags) (*DomainSnapshot, error) {
-	unlock, err := d.lock(ctx)
-	if err != nil {
-		return nil, err
-	}
-	defer unlock()
-	if err := d.reconcile(ctx, op.setPhase); err != nil {
-		return nil, err
-	}
 	s, err := d.get(ctx, name)
 	if err != nil {
 		return nil, err
@@ -243,7 +234,7 @@ func (d *Domain) setRevertIntent(ctx context.Context, name string, in *revertInt
 		r.Labels[labelRevertWas] = strconv.FormatBool(in.Was)
 		r.Labels[labelRevertJob] = in.Job
 	}
-	return d.store.Put(ctx, d.uuid, r)
+	return d.putRecord(ctx, r)
 }
 
 // reconcileRevert finishes a revert that was interrupted: if its
@@ -280,7 +271,7 @@ func (d *Domain) reconcileRevert(ctx context.Context, r *store.Record) error {
 	}
 	if loaded {
 		running = want
-		if err := d.store.SetCurrent(ctx, d.uuid, r.Name); err != nil {
+		if err := d.setCurrent(ctx, r.Name); err != nil {
 			return err
 		}
 	}
@@ -294,7 +285,7 @@ func (d *Domain) reconcileRevert(ctx context.Context, r *store.Record) error {
 
 // markCurrent makes s the current snapshot.
 func (d *Domain) markCurrent(ctx context.Context, s *DomainSnapshot) (*DomainSnapshot, error) {
-	if err := d.store.SetCurrent(context.WithoutCancel(ctx), d.uuid, s.Name); err != nil {
+	if err := d.setCurrent(context.WithoutCancel(ctx), s.Name); err != nil {
 		return nil, err
 	}
 	s.Current = true

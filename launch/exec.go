@@ -31,7 +31,10 @@ import (
 	"github.com/vmsnap/vmsnap/qmp"
 )
 
-var _ vmsnap.Launcher = (*Exec)(nil)
+var (
+	_ vmsnap.Launcher      = (*Exec)(nil)
+	_ vmsnap.LaunchChecker = (*Exec)(nil)
+)
 
 // Exec stops and starts a domain's QEMU from a command line. Set the exported
 // fields before the first Start and leave them to Exec afterwards: each
@@ -125,6 +128,17 @@ func (e *Exec) Start(ctx context.Context, spec vmsnap.LaunchSpec) (qmp.Monitor, 
 		return nil, err
 	}
 	return e.startPlanned(ctx, base, files, spec.ExtraArgs)
+}
+
+// CheckLaunch implements vmsnap.LaunchChecker: it reports whether Start
+// could carry out spec — a complete command line serving Socket, and every
+// disk of spec known in DiskFiles with a non-empty new image — without
+// starting or stopping anything.
+func (e *Exec) CheckLaunch(ctx context.Context, spec vmsnap.LaunchSpec) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	_, _, err := e.plan(spec)
+	return err
 }
 
 // Relaunch is Stop followed by Start, with the command line checked and

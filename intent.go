@@ -1,0 +1,305 @@
+package vmsnap
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/vmsnap/vmsnap/store"
+)
+
+// Labels this package keeps on intent records; they are removed when the
+// intent is committed.
+const labelGuestWasRunning = "vmsnap.guest-was-running"
+
+type intent store.Status
+
+// intentCreating marks a record whose snapshot is being taken.
+const intentCreating = intent(store.StatusCreating)
+
+// lock takes the domain's store lock under ctx.
+func (d *Domain) lock(ctx context.Context) (func(), error) {
+	unlock, err := d.store.Lock(ctx, d.uuid)
+	if err != nil {
+		if errors.Is(err, store.ErrBusy) {
+			return nil, fmt.Errorf("%w: %w", ErrBusy, err)
+		}
+		return nil, err
+	}
+	return func() { _ = unlock() }, nil
+}
+
+func isStoreNotFound(err error) bool { return errors.Is(err, store.ErrNotFound) }
+
+// get reads one snapshot from the store.
+func (d *Domain) get(ctx context.Context, name string) (*DomainSnapshot, error) {
+	r, err := d.store.Get(ctx, d.uuid, name)
+	if err != nil {
+		if isStoreNotFound(err) {
+			return nil, fmt.Errorf("%w: %w", ErrNotFound, err)
+		}
+		return nil, err
+	}
+	return fromRecord(r), nil
+}
+
+// The record writers. Every change to the store goes through the
+// functions of this file, so the intent/commit discipline is kept in one
+// place: an operation records its intent (a record whose status or labels
+// say what may be half done) before it touches QEMU or a file, marks its
+// progress on the record as it goes, and commits or drops the record at the
+// end; reconcile reads what was left.
+
+// putRecord stores r. It is the one call of Store.Put.
+func (d *Domain) putRecord(ctx context.Context, r *store.Record) error {
+	return d.store.Put(ctx, d.uuid, r)
+}
+
+// dropRecord removes the record of name, if there is one: the intent of an
+// operation rolled back. It is the one call of Store.Delete.
+func (d *Domain) dropRecord(ctx context.Context, name string) error {
+	if err := d.store.Delete(ctx, d.uuid, name); err != nil && !isStoreNotFound(err) {
+		return err
+	}
+	return nil
+}
+
+// setCurrent makes name the current snapshot ("" for none).
+func (d *Domain) setCurrent(ctx context.Context, name string) error {
+	return d.store.SetCurrent(ctx, d.uuid, name)
+}
+
+// putIntent stores s with an intent status before QEMU is touched.
+func (d *Domain) putIntent(ctx context.Context, s *DomainSnapshot, in intent, guestWasRunning bool, labels map[string]string) error {
+	r := toRecord(s)
+	r.Status = store.Status(in)
+	r.Labels = map[string]string{}
+	for k, v := range labels {
+		r.Labels[k] = v
+	}
+	if guestWasRunning {
+		r.Labels[labelGuestWasRunning] = "true"
+	}
+	return d.putRecord(ctx, r)
+}
+
+// commit stores s as done and makes it the current snapshot.
+func (d *Domain) commit(ctx context.Context, s *DomainSnapshot) error {
+	if err := d.putRecord(ctx, toRecord(s)); err != nil {
+		return err
+	}
+	return d.setCurrent(ctx, s.Name)
+}
+
+func toRecord(s *DomainSnapshot) *store.Record {
+	r := &store.Record{
+		Name:         s.Name,
+		Description:  s.Description,
+		CreationTime: s.CreationTime,
+		State:        string(s.State),
+		Parent:       s.Parent,
+		Status:       store.StatusOK,
+		Memory:       store.Memory{Kind: string(s.Memory.Kind), Node: s.Memory.Node, File: s.Memory.File},
+		Downtime:     s.Downtime,
+		Config:       s.Config,
+	}
+	for _, ds := range s.Disks {
+		r.Disks = append(r.Disks, store.Disk{
+			Device: ds.Device, Node: ds.Node, File: ds.File, Kind: string(ds.Kind), ID: ds.ID, Tag: ds.Name,
+			Overlay: ds.Overlay, VMStateSize: ds.VMStateSize, Date: ds.Date, VMClock: ds.VMClock,
+		})
+	}
+	return r
+}
+
+func fromRecord(r *store.Record) *DomainSnapshot {
+	s := &DomainSnapshot{
+		Name:         r.Name,
+		Description:  r.Description,
+		CreationTime: r.CreationTime,
+		State:        State(r.State),
+		Parent:       r.Parent,
+		Memory:       Memory{Kind: MemoryKind(r.Memory.Kind), Node: r.Memory.Node, File: r.Memory.File},
+		Downtime:     r.Downtime,
+		Config:       r.Config,
+	}
+	if s.Memory.Kind == "" {
+		s.Memory.Kind = MemoryNone
+	}
+	for _, dd := range r.Disks {
+		if dd.Removed {
+			s.partial = append(s.partial, dd.Device)
+			continue
+		}
+		s.Disks = append(s.Disks, DiskSnapshot{
+			Device: dd.Device, Node: dd.Node, File: dd.File, Kind: DiskKind(dd.Kind), ID: dd.ID, Name: dd.Tag,
+			Overlay: dd.Overlay, VMStateSize: dd.VMStateSize, Date: dd.Date, VMClock: dd.VMClock,
+		})
+	}
+	if len(s.partial) > 0 {
+		s.Problems = append(s.Problems, fmt.Sprintf("an unfinished delete removed it from disks %v; it is on the others only (delete it again to finish)", s.partial))
+	}
+	if r.Status != store.StatusOK && r.Status != "" {
+		s.Problems = append(s.Problems, fmt.Sprintf("an operation left this snapshot %s (interrupted)", r.Status))
+	}
+	return s
+}
+
+// SetDescription changes a snapshot's description.
+func (d *Domain) SetDescription(ctx context.Context, name, description string) error {
+	unlock, err := d.lock(ctx)
+	if err != nil {
+		return d.wrap("set-description", name, err)
+	}
+	defer unlock()
+	r, err := d.store.Get(ctx, d.uuid, name)
+	if err != nil {
+		if isStoreNotFound(err) {
+			err = fmt.Errorf("%w: %w", ErrNotFound, err)
+		}
+		return d.wrap("set-description", name, err)
+	}
+	r.Description = description
+	if err := d.putRecord(ctx, r); err != nil {
+		return d.wrap("set-description", name, err)
+	}
+	return nil
+}
+
+// setRelaunchIntent records in (nil clears it) on the record of name.
+func (d *Domain) setRelaunchIntent(ctx context.Context, name string, in *relaunchIntent) error {
+	ctx = context.WithoutCancel(ctx)
+	r, err := d.store.Get(ctx, d.uuid, name)
+	if err != nil {
+		return err
+	}
+	if in == nil {
+		delete(r.Labels, labelRelaunch)
+	} else {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		if r.Labels == nil {
+			r.Labels = map[string]string{}
+		}
+		r.Labels[labelRelaunch] = string(b)
+	}
+	return d.putRecord(ctx, r)
+}
+
+// commitRelaunch ends a relaunch revert that brought the guest back: the
+// snapshot becomes current, the overlays the revert created are recorded
+// as its revert overlays, older ones nothing uses are removed when the
+// revert was forced, and the intent is cleared, in that order, so a crash
+// in between is finished by running it again.
+func (d *Domain) commitRelaunch(ctx context.Context, name string, in *relaunchIntent) error {
+	if err := d.setCurrent(ctx, name); err != nil {
+		return err
+	}
+	return d.retireRevertOverlays(ctx, name, in.Created, in.Force)
+}
+
+// Revert overlays (the new top images a revert puts over a snapshot's
+// images) are recorded in the labels of the snapshot reverted to. When a
+// later revert leaves one behind, it holds the only copy of the state the
+// guest reached since that revert: it is kept, unless the revert is made
+// with RevertForce, which removes every recorded revert overlay nothing
+// uses any more; deleting the snapshot removes its own. Images vmsnap did
+// not create are never removed.
+const labelRevertOverlay = "vmsnap.revert-overlay."
+
+// retireRevertOverlays records the overlays this revert created on the
+// record of name, clears its relaunch intent and, with force, removes the
+// recorded revert overlays that nothing uses any more.
+func (d *Domain) retireRevertOverlays(ctx context.Context, name string, created []string, force bool) error {
+	recs, used, err := d.usedImages(ctx, "")
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, r := range recs {
+		changed := false
+		for k, f := range r.Labels {
+			if !force || !strings.HasPrefix(k, labelRevertOverlay) || used[f] {
+				continue
+			}
+			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, fmt.Errorf("remove revert overlay left behind: %w", err))
+				continue
+			}
+			delete(r.Labels, k)
+			changed = true
+		}
+		if r.Name == name {
+			if r.Labels == nil {
+				r.Labels = map[string]string{}
+			}
+			recorded := map[string]bool{}
+			for k, f := range r.Labels {
+				if strings.HasPrefix(k, labelRevertOverlay) {
+					recorded[f] = true
+				}
+			}
+			for _, f := range created {
+				if !recorded[f] {
+					r.Labels[labelRevertOverlay+strconv.Itoa(nextLabelIndex(r.Labels))] = f
+				}
+			}
+			delete(r.Labels, labelRelaunch)
+			changed = true
+		}
+		if changed {
+			if err := d.putRecord(ctx, r); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// nextLabelIndex returns the first free index for a revert-overlay label.
+func nextLabelIndex(labels map[string]string) int {
+	for i := 0; ; i++ {
+		if _, ok := labels[labelRevertOverlay+strconv.Itoa(i)]; !ok {
+			return i
+		}
+	}
+}
+
+// usedImages returns the records and the images in use (imagesInUse)
+// with QEMU's chains as they are now.
+func (d *Domain) usedImages(ctx context.Context, skip string) ([]*store.Record, map[string]bool, error) {
+	recs, err := d.store.List(ctx, d.uuid)
+	if err != nil && len(recs) == 0 {
+		return nil, nil, err
+	}
+	now, err := d.disks(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return recs, imagesInUse(now, recs, skip), nil
+}
+
+// removeRevertOverlays removes the revert overlays recorded on r that
+// nothing else uses: r is being deleted, and they hold only states later
+// reverts discarded.
+func (d *Domain) removeRevertOverlays(ctx context.Context, r *store.Record) error {
+	_, used, err := d.usedImages(ctx, r.Name)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for k, f := range r.Labels {
+		if strings.HasPrefix(k, labelRevertOverlay) && !used[f] {
+			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
