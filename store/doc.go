@@ -35,8 +35,14 @@
 // directory). Store.Lock gives one operation per domain at a time across
 // goroutines and processes (flock), and honours the context's deadline with
 // an error wrapping ErrBusy. Damaged, unsafe or foreign files are reported
-// with errors naming the file (*CorruptError, ErrUnsafePermissions) and
-// left alone.
+// with errors naming the file (*CorruptError, ErrUnsafePermissions,
+// ErrForeignOwner for a file another user owns) and left alone. A record
+// that cannot be read affects only itself: List returns the others and one
+// *RecordError per bad record, and Delete removes it without reading it.
+//
+// FileStore runs on Linux, macOS and FreeBSD; elsewhere NewFileStore fails
+// with ErrUnsupported and MemStore or a Store of the toolstack's own is
+// used.
 //
 // # Tree
 //

@@ -1,3 +1,5 @@
+//go:build linux || darwin || freebsd
+
 package store
 
 import (
@@ -15,54 +17,15 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
-
-const (
-	lockFileName    = ".lock"
-	currentFileName = "current.xl"
-	tempPrefix      = ".tmp-"
-)
-
-// FileStore keeps records as files:
-//
-//	<root>/<domain-uuid>/                      directory, mode 0700
-//	<root>/<domain-uuid>/snapshotdata-<n>.xl   one record per snapshot, 0600
-//	<root>/<domain-uuid>/current.xl            current = "<name>", 0600
-//	<root>/<domain-uuid>/.lock                 the domain's flock(2) lock
-//
-// <n> is the snapshot name escaped by RecordFileName. Writes go to a
-// ".tmp-*" file in the same directory, which is fsynced, renamed over the
-// record and followed by an fsync of the directory, so a reader or a crash
-// sees the old or the new record. Temporary files left by a crash are
-// ignored by List and removed by the next Lock of the domain (a Put made
-// at that moment without holding the lock fails cleanly: its rename finds
-// no temporary file). Readers (Get, List, Current) take no lock.
-//
-// The store refuses to trust anything a different user could have planted
-// or changed: a domain directory or file that is writable by group or
-// others, a symbolic link, or a file of the wrong type makes the operation
-// fail with an error wrapping ErrUnsafePermissions that names the path, and
-// nothing is changed. Files are opened with O_NOFOLLOW and O_NONBLOCK (a
-// FIFO planted in the directory cannot block a reader).
-//
-// FileStore is safe for concurrent use; several FileStores and several
-// processes may share a root.
-type FileStore struct {
-	root  string
-	mu    sync.Mutex
-	locks map[string]*domainLock
-}
-
-type domainLock struct {
-	ch   chan struct{}
-	refs int
-}
-
-var _ Store = (*FileStore)(nil)
 
 // NewFileStore opens (creating it with mode 0700 if needed) the store
 // rooted at root; "" means DefaultRoot. The root must be a directory that
-// is not writable by group or others.
+// is owned by the process's effective user and not writable by group or
+// others; otherwise the error wraps ErrUnsafePermissions (ErrForeignOwner
+// for the owner).
 func NewFileStore(root string) (*FileStore, error) {
 	if root == "" {
 		root = DefaultRoot
@@ -81,19 +44,12 @@ func NewFileStore(root string) (*FileStore, error) {
 	if fi.Mode().Perm()&0o022 != 0 {
 		return nil, fmt.Errorf("store: root %s: mode %04o is writable by group or others (chmod go-w): %w", root, fi.Mode().Perm(), ErrUnsafePermissions)
 	}
-	return &FileStore{root: root}, nil
-}
-
-// Root returns the store's root directory.
-func (s *FileStore) Root() string { return s.root }
-
-// Dir returns the directory of the domain's records, where an engine may
-// also keep the domain's memory files. It does not create it.
-func (s *FileStore) Dir(domain string) (string, error) {
-	if err := ValidateDomain(domain); err != nil {
-		return "", err
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		if err := checkOwner("root "+root, uint32(st.Uid)); err != nil {
+			return nil, err
+		}
 	}
-	return filepath.Join(s.root, domain), nil
+	return &FileStore{root: root}, nil
 }
 
 // Lock implements Store with flock(2) on <domain dir>/.lock, polled with a
@@ -127,28 +83,28 @@ func (s *FileStore) Lock(ctx context.Context, domain string) (func() error, erro
 		release()
 		return nil, err
 	}
-	defer syscall.Close(dirfd)
-	fd, err := openat(dirfd, lockFileName, syscall.O_RDWR|syscall.O_CREAT|syscall.O_NOFOLLOW|syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0o600)
+	defer unix.Close(dirfd)
+	fd, err := openat(dirfd, lockFileName, unix.O_RDWR|unix.O_CREAT|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0o600)
 	if err != nil {
 		release()
 		return nil, openError(lockPath, err)
 	}
 	if _, err := checkFile(fd, dir, lockFileName, false); err != nil {
-		syscall.Close(fd)
+		unix.Close(fd)
 		release()
 		return nil, err
 	}
 	delay := time.Millisecond
 	for {
-		err := syscall.Flock(fd, syscall.LOCK_EX|syscall.LOCK_NB)
+		err := unix.Flock(fd, unix.LOCK_EX|unix.LOCK_NB)
 		if err == nil {
 			break
 		}
-		if err == syscall.EINTR {
+		if err == unix.EINTR {
 			continue
 		}
-		if err != syscall.EWOULDBLOCK {
-			syscall.Close(fd)
+		if err != unix.EWOULDBLOCK {
+			unix.Close(fd)
 			release()
 			return nil, fmt.Errorf("store: domain %s: lock %s: %w", domain, lockPath, err)
 		}
@@ -157,7 +113,7 @@ func (s *FileStore) Lock(ctx context.Context, domain string) (func() error, erro
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			syscall.Close(fd)
+			unix.Close(fd)
 			release()
 			return nil, busy(ctx.Err())
 		}
@@ -173,7 +129,7 @@ func (s *FileStore) Lock(ctx context.Context, domain string) (func() error, erro
 	return func() error {
 		once.Do(func() {
 			// Closing the only descriptor of the open file releases the lock.
-			if err := syscall.Close(fd); err != nil {
+			if err := unix.Close(fd); err != nil {
 				uerr = fmt.Errorf("store: domain %s: unlock %s: %w", domain, lockPath, err)
 			}
 			release()
@@ -222,7 +178,7 @@ func (s *FileStore) Put(ctx context.Context, domain string, r *Record) error {
 	if err != nil {
 		return err
 	}
-	defer syscall.Close(dirfd)
+	defer unix.Close(dirfd)
 	if err := writeAtomic(dirfd, dir, RecordFileName(r.Name), data); err != nil {
 		return fmt.Errorf("store: domain %s: snapshot %q: %w", domain, r.Name, err)
 	}
@@ -247,16 +203,23 @@ func (s *FileStore) Get(ctx context.Context, domain, name string) (*Record, erro
 	if dirfd < 0 {
 		return nil, fmt.Errorf("store: domain %s: snapshot %q: %w", domain, name, ErrNotFound)
 	}
-	defer syscall.Close(dirfd)
+	defer unix.Close(dirfd)
 	fn := RecordFileName(name)
 	r, _, err := readRecord(dirfd, dir, fn, nil)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("store: domain %s: snapshot %q: %w", domain, name, ErrNotFound)
 	}
-	return r, err
+	if err != nil {
+		return nil, &RecordError{Domain: domain, Name: name, Path: dir + "/" + fn, Err: err}
+	}
+	return r, nil
 }
 
-// Delete implements Store.
+// Delete implements Store. It removes the record's directory entry without
+// reading the file, so it also removes a record that cannot be read
+// (damaged, too large, owned by another user, a FIFO); a symbolic link in
+// its place is removed itself, its target is left alone. A directory in its
+// place is refused, naming it.
 func (s *FileStore) Delete(ctx context.Context, domain, name string) error {
 	if err := ValidateDomain(domain); err != nil {
 		return err
@@ -275,7 +238,7 @@ func (s *FileStore) Delete(ctx context.Context, domain, name string) error {
 	if dirfd < 0 {
 		return notFound
 	}
-	defer syscall.Close(dirfd)
+	defer unix.Close(dirfd)
 	fn := RecordFileName(name)
 	if exists, err := existsAt(dirfd, dir, fn); err != nil {
 		return fmt.Errorf("store: domain %s: snapshot %q: %w", domain, name, err)
@@ -296,7 +259,7 @@ func (s *FileStore) Delete(ctx context.Context, domain, name string) error {
 		}
 		return fmt.Errorf("store: domain %s: snapshot %q: %w", domain, name, err)
 	}
-	if err := syscall.Fsync(dirfd); err != nil {
+	if err := unix.Fsync(dirfd); err != nil {
 		return fmt.Errorf("store: domain %s: snapshot %q: %w", domain, name, &os.PathError{Op: "fsync", Path: dir, Err: err})
 	}
 	return nil
@@ -304,10 +267,13 @@ func (s *FileStore) Delete(ctx context.Context, domain, name string) error {
 
 // List implements Store. It reads the records in parallel and ignores
 // files that are not records (memory files, current.xl, .lock, temporary
-// files). Each record file that cannot be trusted (unsafe permissions,
-// corrupt content, a name that does not match its file name) is left out
-// and reported in the returned error, which is an errors.Join of one error
-// per file, each naming its file; the good records are returned with it.
+// files). Each record file that cannot be trusted (unsafe permissions, a
+// foreign owner, corrupt content, a name that does not match its file
+// name) is left out and reported in the returned error, which wraps an
+// errors.Join of one *RecordError per file, each naming its file (see
+// RecordErrors); the good records are returned with it. An error about the
+// domain's directory itself comes without records and is not a
+// *RecordError.
 func (s *FileStore) List(ctx context.Context, domain string) ([]*Record, error) {
 	if err := ValidateDomain(domain); err != nil {
 		return nil, err
@@ -322,7 +288,7 @@ func (s *FileStore) List(ctx context.Context, domain string) ([]*Record, error) 
 	if dirfd < 0 {
 		return []*Record{}, nil
 	}
-	defer syscall.Close(dirfd)
+	defer unix.Close(dirfd)
 	all, err := readDirNames(dirfd, dir)
 	if err != nil {
 		return nil, fmt.Errorf("store: domain %s: %w", domain, err)
@@ -356,7 +322,10 @@ func (s *FileStore) List(ctx context.Context, domain string) ([]*Record, error) 
 				if errors.Is(err, fs.ErrNotExist) {
 					continue // deleted since the directory was read
 				}
-				records[i], errs[i] = r, err
+				records[i] = r
+				if err != nil {
+					errs[i] = recordError(domain, dir, names[i], err)
+				}
 			}
 		}()
 	}
@@ -389,7 +358,7 @@ func (s *FileStore) Current(ctx context.Context, domain string) (string, error) 
 	if err != nil || dirfd < 0 {
 		return "", err
 	}
-	defer syscall.Close(dirfd)
+	defer unix.Close(dirfd)
 	name, err := readCurrent(dirfd, dir)
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", nil
@@ -425,13 +394,13 @@ func (s *FileStore) SetCurrent(ctx context.Context, domain, name string) error {
 		}
 		return notFound
 	}
-	defer syscall.Close(dirfd)
+	defer unix.Close(dirfd)
 	if name == "" {
 		err := removeAt(dirfd, dir, currentFileName)
 		if err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("store: domain %s: clearing current snapshot: %w", domain, err)
 		}
-		if err := syscall.Fsync(dirfd); err != nil {
+		if err := unix.Fsync(dirfd); err != nil {
 			return fmt.Errorf("store: domain %s: %w", domain, &os.PathError{Op: "fsync", Path: dir, Err: err})
 		}
 		return nil
@@ -453,15 +422,15 @@ func (s *FileStore) SetCurrent(ctx context.Context, domain, name string) error {
 func (s *FileStore) openDir(domain string, create bool) (int, string, error) {
 	dir := filepath.Join(s.root, domain)
 	for attempt := 0; ; attempt++ {
-		fd, err := open(dir, syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC)
+		fd, err := open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
 		if err == nil {
 			if _, err := checkFile(fd, dir, "", true); err != nil {
-				syscall.Close(fd)
+				unix.Close(fd)
 				return -1, dir, err
 			}
 			return fd, dir, nil
 		}
-		if err != syscall.ENOENT {
+		if err != unix.ENOENT {
 			return -1, dir, openError(dir, err)
 		}
 		if !create {
@@ -470,7 +439,7 @@ func (s *FileStore) openDir(domain string, create bool) (int, string, error) {
 		if attempt > 0 {
 			return -1, dir, openError(dir, err)
 		}
-		if err := syscall.Mkdir(dir, 0o700); err != nil && err != syscall.EEXIST {
+		if err := unix.Mkdir(dir, 0o700); err != nil && err != unix.EEXIST {
 			return -1, dir, fmt.Errorf("store: %w", &os.PathError{Op: "mkdir", Path: dir, Err: err})
 		}
 	}
@@ -478,8 +447,8 @@ func (s *FileStore) openDir(domain string, create bool) (int, string, error) {
 
 func open(path string, flags int) (int, error) {
 	for {
-		fd, err := syscall.Open(path, flags, 0)
-		if err != syscall.EINTR {
+		fd, err := unix.Open(path, flags, 0)
+		if err != unix.EINTR {
 			return fd, err
 		}
 	}
@@ -487,15 +456,15 @@ func open(path string, flags int) (int, error) {
 
 func openat(dirfd int, name string, flags int, mode uint32) (int, error) {
 	for {
-		fd, err := syscall.Openat(dirfd, name, flags, mode)
-		if err != syscall.EINTR {
+		fd, err := unix.Openat(dirfd, name, flags, mode)
+		if err != unix.EINTR {
 			return fd, err
 		}
 	}
 }
 
 func openError(path string, err error) error {
-	if err == syscall.ELOOP || err == syscall.ENOTDIR {
+	if isSymlinkErrno(err) || err == unix.ENOTDIR {
 		return fmt.Errorf("store: %s: is a symbolic link or not a directory: %w", path, ErrUnsafePermissions)
 	}
 	return fmt.Errorf("store: %w", &os.PathError{Op: "open", Path: path, Err: err})
@@ -503,40 +472,62 @@ func openError(path string, err error) error {
 
 // checkFile checks that fd is a directory (or a regular file) that group
 // and others cannot write.
-func checkFile(fd int, parent, name string, dir bool) (*syscall.Stat_t, error) {
-	var st syscall.Stat_t
+func checkFile(fd int, parent, name string, dir bool) (*unix.Stat_t, error) {
+	var st unix.Stat_t
 	path := func() string {
 		if name == "" {
 			return parent
 		}
 		return parent + "/" + name
 	}
-	if err := syscall.Fstat(fd, &st); err != nil {
+	if err := unix.Fstat(fd, &st); err != nil {
 		return nil, fmt.Errorf("store: %w", &os.PathError{Op: "stat", Path: path(), Err: err})
 	}
-	switch kind := st.Mode & syscall.S_IFMT; {
-	case dir && kind != syscall.S_IFDIR:
+	switch kind := st.Mode & unix.S_IFMT; {
+	case dir && kind != unix.S_IFDIR:
 		return nil, fmt.Errorf("store: %s: not a directory: %w", path(), ErrUnsafePermissions)
-	case !dir && kind != syscall.S_IFREG:
+	case !dir && kind != unix.S_IFREG:
 		return nil, fmt.Errorf("store: %s: not a regular file: %w", path(), ErrUnsafePermissions)
 	}
 	if st.Mode&0o022 != 0 {
 		return nil, fmt.Errorf("store: %s: mode %04o is writable by group or others (chmod go-w): %w", path(), st.Mode&0o7777, ErrUnsafePermissions)
 	}
+	if err := checkOwner(path(), st.Uid); err != nil {
+		return nil, err
+	}
 	return &st, nil
 }
 
+// checkOwner refuses a file or directory that the process's effective user
+// does not own.
+func checkOwner(what string, uid uint32) error {
+	if euid := os.Geteuid(); int64(uid) != int64(euid) {
+		return fmt.Errorf("store: %s: owned by uid %d, not by this process's user (uid %d): %w", what, uid, euid, ErrForeignOwner)
+	}
+	return nil
+}
+
+// recordError reports the record file fn of domain that cannot be read.
+func recordError(domain, dir, fn string, err error) *RecordError {
+	name, _ := RecordName(fn)
+	return &RecordError{Domain: domain, Name: name, Path: dir + "/" + fn, Err: err}
+}
+
+// isSymlinkErrno reports whether an open with O_NOFOLLOW failed because the
+// name is a symbolic link: ELOOP on Linux and macOS, EMLINK on FreeBSD.
+func isSymlinkErrno(err error) bool { return err == unix.ELOOP || err == unix.EMLINK }
+
 // readAt reads the file name in dirfd into buf (reusing its capacity).
 func readAt(dirfd int, dir, name string, buf []byte) ([]byte, error) {
-	fd, err := openat(dirfd, name, syscall.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0)
+	fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
 		path := dir + "/" + name
-		if err == syscall.ELOOP {
+		if isSymlinkErrno(err) {
 			return buf, fmt.Errorf("store: %s: is a symbolic link: %w", path, ErrUnsafePermissions)
 		}
 		return buf, fmt.Errorf("store: %w", &os.PathError{Op: "open", Path: path, Err: err})
 	}
-	defer syscall.Close(fd)
+	defer unix.Close(fd)
 	st, err := checkFile(fd, dir, name, false)
 	if err != nil {
 		return buf, err
@@ -557,8 +548,8 @@ func readAt(dirfd int, dir, name string, buf []byte) ([]byte, error) {
 			buf = append(buf, 0)[:0]
 			buf = buf[:cap(buf)]
 		}
-		m, err := syscall.Read(fd, buf[n:])
-		if err == syscall.EINTR {
+		m, err := unix.Read(fd, buf[n:])
+		if err == unix.EINTR {
 			continue
 		}
 		if err != nil {
@@ -622,8 +613,8 @@ func writeAtomic(dirfd int, dir, name string, data []byte) error {
 	)
 	for {
 		tmp = tempPrefix + name + "-" + strconv.FormatUint(rand.Uint64(), 36)
-		fd, err = openat(dirfd, tmp, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL|syscall.O_NOFOLLOW|syscall.O_CLOEXEC, 0o600)
-		if err != syscall.EEXIST {
+		fd, err = openat(dirfd, tmp, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0o600)
+		if err != unix.EEXIST {
 			break
 		}
 	}
@@ -639,22 +630,22 @@ func writeAtomic(dirfd int, dir, name string, data []byte) error {
 		err = cerr
 	}
 	if err == nil {
-		if rerr := syscall.Renameat(dirfd, tmp, dirfd, name); rerr != nil {
+		if rerr := unix.Renameat(dirfd, tmp, dirfd, name); rerr != nil {
 			err = &os.PathError{Op: "rename", Path: dir + "/" + name, Err: rerr}
 		}
 	}
 	if err != nil {
-		syscall.Unlinkat(dirfd, tmp)
+		unix.Unlinkat(dirfd, tmp, 0)
 		return err
 	}
-	if err := syscall.Fsync(dirfd); err != nil {
+	if err := unix.Fsync(dirfd); err != nil {
 		return &os.PathError{Op: "fsync", Path: dir, Err: err}
 	}
 	return nil
 }
 
 func removeAt(dirfd int, dir, name string) error {
-	if err := syscall.Unlinkat(dirfd, name); err != nil {
+	if err := unix.Unlinkat(dirfd, name, 0); err != nil {
 		return &os.PathError{Op: "remove", Path: dir + "/" + name, Err: err}
 	}
 	return nil
@@ -662,7 +653,7 @@ func removeAt(dirfd int, dir, name string) error {
 
 // readDirNames lists a directory through a fresh open file description.
 func readDirNames(dirfd int, dir string) ([]string, error) {
-	fd, err := openat(dirfd, ".", syscall.O_RDONLY|syscall.O_DIRECTORY|syscall.O_CLOEXEC, 0)
+	fd, err := openat(dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return nil, &os.PathError{Op: "open", Path: dir, Err: err}
 	}
@@ -681,7 +672,7 @@ func removeTemps(dirfd int, dir string) {
 	}
 	for _, n := range names {
 		if strings.HasPrefix(n, tempPrefix) {
-			syscall.Unlinkat(dirfd, n)
+			unix.Unlinkat(dirfd, n, 0)
 		}
 	}
 }
@@ -689,14 +680,14 @@ func removeTemps(dirfd int, dir string) {
 // existsAt reports whether a directory entry called name exists (without
 // following a symbolic link or blocking on a FIFO).
 func existsAt(dirfd int, dir, name string) (bool, error) {
-	fd, err := openat(dirfd, name, syscall.O_RDONLY|syscall.O_NOFOLLOW|syscall.O_CLOEXEC|syscall.O_NONBLOCK, 0)
+	fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	switch err {
 	case nil:
-		syscall.Close(fd)
+		unix.Close(fd)
 		return true, nil
-	case syscall.ENOENT:
+	case unix.ENOENT:
 		return false, nil
-	case syscall.ELOOP, syscall.EACCES, syscall.ENXIO:
+	case unix.ELOOP, unix.EMLINK, unix.EACCES, unix.ENXIO:
 		return true, nil
 	}
 	return false, &os.PathError{Op: "open", Path: dir + "/" + name, Err: err}

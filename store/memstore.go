@@ -3,6 +3,7 @@ package store
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -101,7 +102,11 @@ func (s *MemStore) Get(ctx context.Context, domain, name string) (*Record, error
 	if !ok {
 		return nil, fmt.Errorf("store: domain %s: snapshot %q: %w", domain, name, ErrNotFound)
 	}
-	return Unmarshal(data)
+	r, err := Unmarshal(data)
+	if err != nil {
+		return nil, &RecordError{Domain: domain, Name: name, Err: err}
+	}
+	return r, nil
 }
 
 // Delete implements Store.
@@ -138,20 +143,25 @@ func (s *MemStore) List(ctx context.Context, domain string) ([]*Record, error) {
 		return nil, err
 	}
 	s.mu.Lock()
-	all := make([][]byte, 0, len(d.records))
-	for _, data := range d.records {
-		all = append(all, data)
+	all := make(map[string][]byte, len(d.records))
+	for name, data := range d.records {
+		all[name] = data
 	}
 	s.mu.Unlock()
 	out := make([]*Record, 0, len(all))
-	for _, data := range all {
+	var errs []error
+	for name, data := range all {
 		r, err := Unmarshal(data)
 		if err != nil {
-			return nil, fmt.Errorf("store: domain %s: %w", domain, err)
+			errs = append(errs, &RecordError{Domain: domain, Name: name, Err: err})
+			continue
 		}
 		out = append(out, r)
 	}
 	sortRecords(out)
+	if err := errors.Join(errs...); err != nil {
+		return out, fmt.Errorf("store: domain %s: some snapshot records cannot be read: %w", domain, err)
+	}
 	return out, nil
 }
 

@@ -119,6 +119,39 @@ func keepInFileName(c byte) bool {
 		c == '.' || c == '_' || c == '-' || c >= utf8.RuneSelf
 }
 
+// RecordName is the inverse of RecordFileName: it returns the snapshot
+// name whose record file is called fileName, and false when fileName is
+// not the file name of any valid snapshot name (wrong prefix or suffix, a
+// malformed or non-canonical escape, or a name ValidateName refuses).
+func RecordName(fileName string) (string, bool) {
+	if !isRecordFileName(fileName) {
+		return "", false
+	}
+	esc := fileName[len(recordPrefix) : len(fileName)-len(recordSuffix)]
+	b := make([]byte, 0, len(esc))
+	for i := 0; i < len(esc); i++ {
+		c := esc[i]
+		if c != '%' {
+			b = append(b, c)
+			continue
+		}
+		if i+2 >= len(esc) {
+			return "", false
+		}
+		hi, lo := strings.IndexByte(hexDigits, esc[i+1]), strings.IndexByte(hexDigits, esc[i+2])
+		if hi < 0 || lo < 0 {
+			return "", false
+		}
+		b = append(b, byte(hi<<4|lo))
+		i += 2
+	}
+	name := string(b)
+	if ValidateName(name) != nil || !fileNameMatches(name, fileName) {
+		return "", false
+	}
+	return name, true
+}
+
 // isRecordFileName reports whether a directory entry looks like a record
 // file (its content and exact name are checked when it is read).
 func isRecordFileName(fn string) bool {

@@ -105,3 +105,30 @@ func TestRecordFileName(t *testing.T) {
 		}
 	}
 }
+
+func TestRecordName(t *testing.T) {
+	for _, name := range append(storetest.GoodNames, "100%", "a b", "ünïcødé 日本") {
+		fn := store.RecordFileName(name)
+		got, ok := store.RecordName(fn)
+		if !ok || got != name {
+			t.Errorf("RecordName(%q) = %q, %v; want %q", fn, got, ok, name)
+		}
+	}
+	for _, fn := range []string{
+		"", "snapshotdata-.xl", "snapshotdata-a.txt", "other-a.xl", "snapshotdata-a",
+		"snapshotdata-%2F.xl",   // '/'
+		"snapshotdata-%2e.xl",   // lowercase hex: not the canonical escape
+		"snapshotdata-%41.xl",   // 'A' escaped although it is kept
+		"snapshotdata-%2.xl",    // short escape
+		"snapshotdata-%ZZ.xl",   // not hex
+		"snapshotdata-.hid.xl",  // starts with '.'
+		"snapshotdata-%00a.xl",  // NUL
+		"snapshotdata-%FF.xl",   // not UTF-8
+		"snapshotdata-a%20.xl",  // ends with a space
+		"snapshotdata-a%25.xl~", // not .xl
+	} {
+		if got, ok := store.RecordName(fn); ok {
+			t.Errorf("RecordName(%q) = %q, true; want false", fn, got)
+		}
+	}
+}

@@ -41,8 +41,10 @@ type Store interface {
 
 	// List returns the domain's records sorted by creation time, then name.
 	// A domain without records gives an empty list. Records that cannot be
-	// read are left out and reported together in the error (one error per
-	// record, see FileStore.List), so the caller gets both.
+	// read are left out and reported together in the error, one
+	// *RecordError per record (see RecordErrors and FileStore.List), so the
+	// caller gets both; an error that is not made of *RecordError values
+	// concerns the whole domain.
 	List(ctx context.Context, domain string) ([]*Record, error)
 
 	// Current returns the name of the domain's current snapshot, "" if
@@ -73,15 +75,21 @@ func Create(ctx context.Context, s Store, domain string, r *Record) error {
 // RemoveAndReparent deletes the named snapshot's record and keeps the tree
 // whole: its children take its parent as their parent, and if it was the
 // current snapshot its parent becomes current. The caller must hold the
-// domain's lock. It reads every record first and changes nothing if any of
-// them cannot be read. After a crash, calling it again finishes the job.
+// domain's lock. After a crash, calling it again finishes the job.
+//
+// The named record must be readable (remove one that is not with
+// Store.Delete). Other records that cannot be read (List reports them as
+// *RecordError) are left as they are: the readable children are
+// re-parented, and an unreadable child of the removed snapshot keeps its
+// parent link, which BuildTree then reports as dangling. Any other List
+// error changes nothing.
 func RemoveAndReparent(ctx context.Context, s Store, domain, name string) error {
 	victim, err := s.Get(ctx, domain, name)
 	if err != nil {
 		return err
 	}
 	records, err := s.List(ctx, domain)
-	if err != nil {
+	if err != nil && !onlyRecordErrors(err) {
 		return fmt.Errorf("store: domain %s: removing snapshot %q: %w", domain, name, err)
 	}
 	for _, r := range records {
