@@ -1,0 +1,83 @@
+// Package migrate saves a running QEMU's memory and device state to a file
+// and loads it back, with QEMU's migration: the memory half of a full
+// external snapshot and of its revert.
+//
+// Save writes the state of a guest to a new file in one of three modes
+// (Mode), Load feeds such a file to a QEMU started with -incoming defer,
+// Settle brings a migration that a crashed process left running in QEMU to
+// an end that leaves QEMU usable, and BackgroundSupported probes whether
+// the live background-snapshot mode works on this QEMU and host.
+//
+// The package is organised by concern, each in one place:
+//
+//   - transport.go: how the stream reaches the file (the URI and what is
+//     passed to QEMU for it). Today a descriptor passed with getfd and the
+//     URI "fd:NAME"; the seam for QEMU 9's "file:" URI with add-fd and
+//     mapped-ram is described there.
+//   - capabilities.go: which migration capabilities a save turns on and
+//     off (a pure function of the current states, the mode and the
+//     transport), and the background-snapshot probe.
+//   - runstate.go: the guest's run state around a migration: when `cont`
+//     is safe, when the guest ends in "postmigrate", and what a cancel does
+//     in each migration status. Save and Settle both follow these rules.
+//   - save.go, load.go, settle.go: the three operations.
+//
+// No path built by this package ever reaches QEMU: files are opened here
+// and passed over the QMP socket (qmp.FileSender).
+//
+// # QEMU facts
+//
+// What follows was measured on qemu-system-x86_64 7.2 (Debian 12, TCG,
+// Linux 6.x, as root); the comments next to the code that depends on a
+// fact repeat it.
+//
+//   - A migration that completes leaves the guest in run state
+//     "postmigrate" with its images inactivated; `cont` reactivates them
+//     and runs the guest. A paused guest cannot get from "postmigrate"
+//     back to "paused" without running, and QEMU refuses to migrate it
+//     again ("Can't migrate the vm that was paused due to previous
+//     migration") until it has run. Disk snapshots must therefore be taken
+//     before the migration completes: before it starts (stopped and
+//     background modes) or at the "pre-switchover" pause (pre-copy).
+//   - Pre-copy with the capability pause-before-switchover stops the guest
+//     (STOP), then waits in status "pre-switchover" with the images still
+//     active until migrate-continue; migrate_cancel there resumes a guest
+//     that ran (RESUME). Without that pause the disks could only be snapped
+//     after QEMU inactivated them.
+//   - background-snapshot (userfaultfd write-protect) stops the guest,
+//     saves the device state, write-protects RAM and then restarts the
+//     guest with vm_start from a bottom half, even when the guest was
+//     paused before the migration started: so it is used only for a
+//     running guest. It refuses pause-before-switchover and most other
+//     capabilities ("Background-snapshot is not compatible with ...") and
+//     ignores max-bandwidth. A `cont` before QEMU's RESUME could run the
+//     guest ahead of the write protection.
+//   - migrate_cancel of a background snapshot poisons that QEMU for good.
+//     Cancelled while "active" after the guest resumed, the next HMP
+//     savevm fails with "uffd_change_protection() failed: ... errno=25",
+//     "Error while writing VM state: Operation not permitted" (the
+//     snapshot-save job fails the same way) and background-snapshot can no
+//     longer even be switched on ("Background-snapshot is not compatible
+//     with guest memory configuration"). Cancelled in "setup", the guest is
+//     reported running but its vCPUs hang on write-protected memory and
+//     QEMU no longer quits. A background snapshot let run to its end
+//     leaves QEMU able to do both again. So nothing here ever cancels one.
+//   - Status "completed" is reported before QEMU's migration thread has
+//     finished: a savevm (or snapshot-save, or another migration) sent at
+//     once can race it, and QEMU 7.2 then dies ("bg_migration_iteration_
+//     finish: Unknown ending state 1"; seen once in six tries). The thread's
+//     clean-up unregisters the "migration" instance of query-yank, so the
+//     migration is over only once query-yank no longer lists it.
+//   - Status "completed" is also reported while the run state is still
+//     "finish-migrate" for a moment, and `cont` is refused then ("Migration
+//     is not finalized yet").
+//   - migrate takes over the descriptor named by getfd (closefd afterwards
+//     says "not found"); a migrate that is refused leaves it registered.
+//   - A QEMU started with -incoming defer keeps the guest paused after
+//     migrate-incoming when `stop` was sent before (it clears autostart);
+//     query-migrate there reports only the status. An incoming migration
+//     cannot be cancelled: when its stream ends early the load fails and
+//     QEMU exits.
+//   - QEMU 7.2's default max-bandwidth of 128 MiB/s would throttle a save
+//     to a file; Save lifts it for the save and restores it.
+package migrate

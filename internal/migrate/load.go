@@ -1,0 +1,134 @@
+package migrate
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/vmsnap/vmsnap/internal/sentinel"
+	"github.com/vmsnap/vmsnap/qmp"
+)
+
+// Load feeds the memory file at path, written by Save, to a QEMU started
+// with -incoming defer (run state "inmigrate") and waits until QEMU has
+// loaded it. The guest is left paused: `stop` is sent first, which keeps
+// QEMU from starting it; the caller decides whether to cont. progress, if
+// not nil, receives the bytes fed and the file's size.
+//
+// A monitor that cannot pass descriptors, or a QEMU not waiting for an
+// incoming migration, fails with sentinel.ErrUnsupported. An incoming
+// migration cannot be cancelled in QEMU: when ctx ends the stream is cut,
+// QEMU's load fails and QEMU 7.2 then exits; the error wraps
+// sentinel.ErrCanceled. A QEMU whose load failed is of no further use
+// either way.
+func Load(ctx context.Context, mon qmp.Monitor, path string, progress func(done, total uint64)) error {
+	if err := load(ctx, mon, path, progress); err != nil {
+		return fmt.Errorf("load memory from %s: %w", path, err)
+	}
+	return nil
+}
+
+func load(ctx context.Context, mon qmp.Monitor, path string, progress func(done, total uint64)) (err error) {
+	tr := loadTransport()
+	if err := tr.check(mon, nil); err != nil {
+		return err
+	}
+	st, err := qmp.QueryStatus(ctx, mon)
+	if err != nil {
+		return err
+	}
+	if st.State != qmp.RunStateInMigrate {
+		return fmt.Errorf("%w: QEMU is %s, not waiting for an incoming migration (start it with -incoming defer)", sentinel.ErrUnsupported, st.State)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	total := uint64(fi.Size())
+	// In "inmigrate", stop clears autostart: the guest stays paused.
+	if err := mon.Execute(ctx, "stop", nil, nil); err != nil {
+		return fmt.Errorf("stop: %w", err)
+	}
+	// Capabilities the transport's format needs, at this end too.
+	if need := tr.capabilities(); len(need) > 0 {
+		on := map[string]bool{}
+		for _, c := range need {
+			on[c] = true
+		}
+		if err := setCapabilities(ctx, mon, on); err != nil {
+			return err
+		}
+	}
+
+	ep, err := tr.attachLoad(ctx, mon, f)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		cctx, cancel := cleanupCtx(ctx)
+		defer cancel()
+		if rerr := ep.release(cctx); rerr != nil && err == nil {
+			err = rerr
+		}
+	}()
+
+	if err := mon.Execute(ctx, "migrate-incoming", map[string]string{"uri": ep.uri}, nil); err != nil {
+		if ctx.Err() != nil {
+			return canceled(ctx, "")
+		}
+		return fmt.Errorf("migrate-incoming: %w", err)
+	}
+	wctx := context.WithoutCancel(ctx)
+	tick := time.NewTicker(pollInterval / 2)
+	defer tick.Stop()
+	for {
+		info, err := queryMigrate(wctx, mon)
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("%w (and QEMU: %w)", canceled(ctx, ""), err)
+			}
+			return err
+		}
+		switch info.Status {
+		case statusCompleted:
+			if progress != nil {
+				progress(total, total)
+			}
+			// QEMU's incoming side also finishes after "completed".
+			cctx, cancel := cleanupCtx(ctx)
+			defer cancel()
+			if err := awaitFinished(cctx, mon); err != nil && !errors.Is(err, qmp.ErrClosed) {
+				return err
+			}
+			return nil
+		case statusFailed, statusCancelled:
+			if ctx.Err() != nil {
+				return canceled(ctx, "")
+			}
+			return fmt.Errorf("incoming migration %s: %s", info.Status, info.ErrorDesc)
+		}
+		if progress != nil {
+			if ep.fed != nil {
+				progress(ep.fed(), total)
+			} else if ram := info.RAM; ram != nil && ram.Total > 0 {
+				progress(ram.Transferred, total)
+			}
+		}
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			// QEMU cannot cancel an incoming migration: end the stream.
+			if ep.abort != nil {
+				ep.abort()
+			}
+			return canceled(ctx, "")
+		}
+	}
+}

@@ -1,0 +1,591 @@
+package migrate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/vmsnap/vmsnap/internal/sentinel"
+	"github.com/vmsnap/vmsnap/qmp"
+)
+
+// Result is what Save did.
+type Result struct {
+	// Bytes is the size of the memory file.
+	Bytes uint64
+	// Duration is from the migrate command to the end of the migration.
+	Duration time.Duration
+	// Downtime is how long the guest was stopped (QEMU's STOP to RESUME
+	// event timestamps) while Save ran; zero when the guest was not
+	// running when Save began.
+	Downtime time.Duration
+	// Mode is the mode used: a live mode asked for a guest that was not
+	// running becomes Stopped.
+	Mode Mode
+	// Postmigrate reports that the guest, paused before the save, is left
+	// in QEMU's "postmigrate" state: still paused, images inactive until
+	// the next cont, and no further memory save until then.
+	Postmigrate bool
+}
+
+// Tuning of the memory save.
+const (
+	// unlimitedBandwidth is the max-bandwidth set for a save (bytes/s).
+	// QEMU 7.2's default of 128 MiB/s would throttle the write.
+	unlimitedBandwidth = math.MaxInt64
+	// pollInterval is how often query-migrate is read for progress.
+	pollInterval = 100 * time.Millisecond
+	// cleanupTimeout bounds each clean-up step after a failure or a cancel
+	// (migrate_cancel and waiting for it, restoring settings, resuming the
+	// guest); they run under their own context.
+	cleanupTimeout = time.Minute
+	// drainTimeout bounds the wait for a background snapshot that is let
+	// finish instead of being cancelled, in Save and in Settle. It writes
+	// at most the guest's RAM size: 30 GiB at 100 MiB/s.
+	drainTimeout = 5 * time.Minute
+	// writebackInterval is how often the kernel is asked to write the
+	// memory file's dirty pages while QEMU writes it.
+	writebackInterval = 10 * time.Millisecond
+	// resumeEventWait bounds the wait for the RESUME event that ends the
+	// downtime's measure after a cont.
+	resumeEventWait = time.Second
+)
+
+// cleanupCtx returns a context for a clean-up step: it outlives ctx.
+func cleanupCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+}
+
+// canceled returns the error of a save or load that ctx cancelled.
+func canceled(ctx context.Context, detail string) error {
+	err := sentinel.ErrCanceled
+	if cerr := ctx.Err(); cerr != nil {
+		err = fmt.Errorf("%w: %w", err, cerr)
+	}
+	if detail != "" {
+		err = fmt.Errorf("%w (%s)", err, detail)
+	}
+	return err
+}
+
+// Save writes the guest's memory and device state to a new file at path
+// (created 0600, never overwritten) with a QEMU migration. mode says how;
+// see Mode. A live mode asked for a guest that is not running is done as
+// Stopped (Result.Mode says so): QEMU's background snapshot would start a
+// paused guest.
+//
+// progress, if not nil, receives the RAM bytes processed and the guest's
+// RAM size while the migration runs. atStop, if not nil, runs once with the
+// guest stopped at the instant the file describes (snap the disks there);
+// its error fails the save.
+//
+// On return, whatever happened: the migration parameters and capabilities
+// are as they were, QEMU holds no descriptor of the file and its migration
+// has finished, a guest that was running runs again, and the file is
+// either complete and fsynced (success) or removed. A monitor that cannot
+// pass descriptors, or a QEMU without what mode needs, fails with
+// sentinel.ErrUnsupported; a migration already under way with
+// sentinel.ErrBusy.
+//
+// When ctx ends, the error wraps sentinel.ErrCanceled. A stopped or
+// pre-copy save is cancelled in QEMU (migrate_cancel). A background
+// snapshot is not (that would leave QEMU unable to save memory again): it
+// is let run to its end, which takes at most as long as the save would
+// have, and then its file is removed. If it does not end within a bound
+// the error also wraps sentinel.ErrBusy and the migration is left to
+// Settle.
+func Save(ctx context.Context, mon qmp.Monitor, feat *qmp.Features, path string, mode Mode, progress func(done, total uint64), atStop func(ctx context.Context) error) (Result, error) {
+	res, err := save(ctx, mon, feat, path, mode, progress, atStop)
+	if err != nil {
+		return res, fmt.Errorf("save memory to %s: %w", path, err)
+	}
+	return res, nil
+}
+
+func save(ctx context.Context, mon qmp.Monitor, feat *qmp.Features, path string, mode Mode, progress func(done, total uint64), atStop func(ctx context.Context) error) (Result, error) {
+	res := Result{Mode: mode}
+	switch mode {
+	case Stopped, Precopy, Background:
+	default:
+		return res, fmt.Errorf("unknown memory mode %d", int(mode))
+	}
+	tr := chooseTransport(feat, mode)
+	if err := tr.check(mon, feat); err != nil {
+		return res, err
+	}
+	if feat == nil || !feat.Has("migrate") || !feat.Has("query-migrate") {
+		return res, fmt.Errorf("%w: QEMU has no migrate or query-migrate", sentinel.ErrUnsupported)
+	}
+	if ctx.Err() != nil {
+		return res, canceled(ctx, "")
+	}
+	st, err := qmp.QueryStatus(ctx, mon)
+	if err != nil {
+		return res, err
+	}
+	switch st.State {
+	case qmp.RunStatePostMigrate:
+		return res, fmt.Errorf("%w: the guest is paused by an earlier migration (run state postmigrate); QEMU migrates it again only after it has run (cont)", sentinel.ErrUnsupported)
+	case qmp.RunStateInMigrate:
+		return res, fmt.Errorf("%w: QEMU is waiting for an incoming migration", sentinel.ErrUnsupported)
+	}
+	if !st.Running {
+		mode = Stopped
+	}
+	res.Mode = mode
+	switch mode {
+	case Background:
+		if !feat.HasMigrationCapability(capBackgroundSnapshot) {
+			return res, fmt.Errorf("%w: QEMU %s has no background-snapshot migration capability", sentinel.ErrUnsupported, feat.Version)
+		}
+	case Precopy:
+		if !feat.HasMigrationCapability(capPauseBeforeSwitchover) || !feat.Has("migrate-continue") {
+			return res, fmt.Errorf("%w: QEMU %s cannot pause a pre-copy migration before switch-over (pause-before-switchover, migrate-continue), so the disks cannot be snapped at the instant it stops the guest", sentinel.ErrUnsupported, feat.Version)
+		}
+	}
+	if err := refuseBusy(ctx, mon); err != nil {
+		return res, err
+	}
+	s := &saver{mon: mon, tr: tr, path: path, mode: mode, wasRunning: st.Running, progress: progress, atStop: atStop}
+	return s.run(ctx)
+}
+
+// saver is one Save call.
+type saver struct {
+	mon        qmp.Monitor
+	tr         transport
+	path       string
+	mode       Mode
+	wasRunning bool // the guest ran when Save began: it runs again at the end
+	progress   func(done, total uint64)
+	atStop     func(ctx context.Context) error
+
+	events <-chan qmp.Event
+	guest  guestWatch
+	// status is the migration's last status seen; "" before migrate.
+	status string
+	// expectStop: a STOP is due (Save sent stop, or a pre-copy reached
+	// its final pass), so a RESUME is waited for after cont.
+	expectStop bool
+	resumed    bool // resume is done
+	finished   bool // awaitFinished returned
+}
+
+func (s *saver) run(ctx context.Context) (res Result, err error) {
+	res.Mode = s.mode
+	// Events are read under a context of their own: the clean-up after a
+	// cancel still needs them.
+	ectx, stopEvents := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopEvents()
+	if s.events, err = s.mon.Subscribe(ectx); err != nil {
+		return res, err
+	}
+
+	f, err := os.OpenFile(s.path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return res, fmt.Errorf("create memory file: %w", err)
+	}
+	complete := false
+	defer func() {
+		if complete {
+			return
+		}
+		f.Close()
+		if rerr := os.Remove(s.path); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			err = errors.Join(err, fmt.Errorf("remove partial memory file: %w", rerr))
+		}
+	}()
+	// The umask may have cleared bits, never added any; make it exact.
+	if err := f.Chmod(0o600); err != nil {
+		return res, fmt.Errorf("create memory file: %w", err)
+	}
+
+	// Guest: resumed at the end if it ran, whatever happened.
+	defer func() {
+		if rerr := s.resume(ctx); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+		res.Downtime = s.guest.downtime
+	}()
+
+	// Settings: restored once the migration has ended.
+	restore, err := s.configure(ctx)
+	if restore != nil {
+		defer func() {
+			if rerr := restore(); rerr != nil {
+				err = errors.Join(err, rerr)
+			}
+		}()
+	}
+	if err != nil {
+		return res, err
+	}
+
+	ep, err := s.tr.attachSave(ctx, s.mon, f)
+	if err != nil {
+		return res, err
+	}
+	defer func() {
+		cctx, cancel := cleanupCtx(ctx)
+		defer cancel()
+		if rerr := ep.release(cctx); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}()
+
+	if s.mode != Precopy {
+		if s.wasRunning {
+			if err := s.mon.Execute(ctx, "stop", nil, nil); err != nil {
+				return res, fmt.Errorf("stop guest: %w", err)
+			}
+			s.expectStop = true
+		}
+		if err := s.runAtStop(ctx); err != nil {
+			return res, err
+		}
+	}
+	if ctx.Err() != nil {
+		return res, canceled(ctx, "")
+	}
+
+	stopWriteback := func() {}
+	if ep.writeback {
+		stopWriteback = keepWritingBack(f)
+	}
+	defer stopWriteback()
+	// Whatever ends the migration, QEMU's migration thread is waited for
+	// before anything else is asked of QEMU.
+	defer func() {
+		if ferr := s.finish(ctx); ferr != nil {
+			err = errors.Join(err, ferr)
+		}
+	}()
+
+	began := time.Now()
+	cancelledEarly := false
+	if err := s.mon.Execute(ctx, "migrate", map[string]any{"uri": ep.uri}, nil); err != nil {
+		if ctx.Err() == nil {
+			return res, fmt.Errorf("migrate: %w", err)
+		}
+		// The command may have reached QEMU: follow it as cancelled.
+		cancelledEarly = true
+	}
+	info, err := s.wait(ctx, cancelledEarly)
+	if err != nil {
+		return res, err
+	}
+	res.Duration = time.Since(began)
+	if ram := info.RAM; s.progress != nil && ram != nil {
+		s.progress(ram.Total, ram.Total)
+	}
+	if err := s.finish(ctx); err != nil {
+		return res, err
+	}
+	if !s.wasRunning {
+		cctx, cancel := cleanupCtx(ctx)
+		st, serr := settledStatus(cctx, s.mon)
+		cancel()
+		res.Postmigrate = serr == nil && st.State == qmp.RunStatePostMigrate
+	}
+
+	stopWriteback()
+	// Resume before the fsync: the guest need not wait for the disk.
+	if err := s.resume(ctx); err != nil {
+		return res, err
+	}
+	if err := f.Sync(); err != nil {
+		return res, fmt.Errorf("fsync memory file: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		return res, fmt.Errorf("memory file: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return res, fmt.Errorf("close memory file: %w", err)
+	}
+	if err := syncDir(filepath.Dir(s.path)); err != nil {
+		return res, err
+	}
+	res.Bytes = uint64(fi.Size())
+	complete = true
+	return res, nil
+}
+
+// keepWritingBack asks the kernel every writebackInterval to write f's
+// dirty pages while QEMU writes it, so the fsync at the end has little
+// left to do. The returned function stops it; it may be called again.
+func keepWritingBack(f *os.File) (stop func()) {
+	done := make(chan struct{})
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		tick := time.NewTicker(writebackInterval)
+		defer tick.Stop()
+		for {
+			select {
+			case <-tick.C:
+				startWriteback(f)
+			case <-done:
+				return
+			}
+		}
+	}()
+	return sync.OnceFunc(func() { close(done); <-stopped })
+}
+
+// runAtStop runs the caller's atStop, if any.
+func (s *saver) runAtStop(ctx context.Context) error {
+	if s.atStop == nil {
+		return nil
+	}
+	if err := s.atStop(ctx); err != nil {
+		if ctx.Err() != nil && !errors.Is(err, sentinel.ErrCanceled) {
+			return fmt.Errorf("%w: %w", sentinel.ErrCanceled, err)
+		}
+		return fmt.Errorf("at guest stop: %w", err)
+	}
+	return nil
+}
+
+// configure sets max-bandwidth unlimited and the capabilities the mode and
+// the transport need, and returns a function that restores the old values.
+func (s *saver) configure(ctx context.Context) (restore func() error, err error) {
+	var params map[string]json.RawMessage
+	if err := s.mon.Execute(ctx, "query-migrate-parameters", nil, &params); err != nil {
+		return nil, fmt.Errorf("query-migrate-parameters: %w", err)
+	}
+	oldBW, hasBW := params["max-bandwidth"]
+	caps, err := queryCapabilities(ctx, s.mon)
+	if err != nil {
+		return nil, err
+	}
+	changes := capabilityChanges(caps, s.mode, s.tr.capabilities())
+
+	var setBW, setCaps bool
+	restore = func() error {
+		cctx, cancel := cleanupCtx(ctx)
+		defer cancel()
+		var errs []error
+		if setCaps {
+			if err := setCapabilities(cctx, s.mon, inverse(changes, caps)); err != nil {
+				errs = append(errs, fmt.Errorf("restore migration capabilities: %w", err))
+			}
+		}
+		if setBW {
+			if err := s.mon.Execute(cctx, "migrate-set-parameters", map[string]json.RawMessage{"max-bandwidth": oldBW}, nil); err != nil {
+				errs = append(errs, fmt.Errorf("restore max-bandwidth: %w", err))
+			}
+		}
+		return errors.Join(errs...)
+	}
+	if hasBW {
+		if err := s.mon.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": uint64(unlimitedBandwidth)}, nil); err != nil {
+			return restore, fmt.Errorf("set max-bandwidth: %w", err)
+		}
+		setBW = true
+	}
+	if err := setCapabilities(ctx, s.mon, changes); err != nil {
+		return restore, err
+	}
+	setCaps = true
+	return restore, nil
+}
+
+// wait follows the migration until it ends, reporting progress, running
+// atStop at the pre-copy pause and stopping it early, by cancelRule, when
+// ctx ends or atStop fails there. cancelledNow says ctx ended while
+// migrate was being sent. It returns the final query-migrate of a
+// completed migration, or an error.
+func (s *saver) wait(ctx context.Context, cancelledNow bool) (migrationInfo, error) {
+	// QEMU is asked under a context that outlives ctx: a cancel must be
+	// followed until QEMU has actually stopped writing.
+	wctx := context.WithoutCancel(ctx)
+	tick := time.NewTicker(pollInterval)
+	defer tick.Stop()
+	done := ctx.Done()
+	var (
+		cancelled = cancelledNow // ctx ended: the save is to be abandoned
+		abandon   error          // atStop or migrate-continue failed at the pre-copy pause
+		action    cancelAction   // what stopping early does, once decided
+		acted     bool           // action was taken
+		deadline  <-chan time.Time
+		continued bool // migrate-continue was sent (or the pause handled)
+	)
+	if cancelledNow {
+		done = nil
+	}
+	for {
+		info, err := queryMigrate(wctx, s.mon)
+		if err != nil {
+			return info, err
+		}
+		s.status = info.Status
+		if ram := info.RAM; s.progress != nil && ram != nil && ram.Total > 0 && running(info.Status) {
+			s.progress(ram.Total-min(ram.Remaining, ram.Total), ram.Total)
+		}
+		switch info.Status {
+		case statusPreSwitchover, statusDevice, statusCompleted:
+			// A pre-copy stops the guest before these.
+			s.expectStop = s.expectStop || s.wasRunning
+		}
+		if (cancelled || abandon != nil) && !acted {
+			acted = true
+			action = cancelRule(s.mode == Background, info.Status)
+			switch action {
+			case cancelNow:
+				s.cancelMigration(ctx)
+				deadline = time.After(cleanupTimeout)
+			case letFinish:
+				deadline = time.After(drainTimeout)
+			default:
+				deadline = time.After(cleanupTimeout)
+			}
+		}
+		switch {
+		case ended(info.Status):
+			switch {
+			case cancelled && action == letFinish:
+				return info, canceled(ctx, fmt.Sprintf("the background snapshot was let run to its end (%s), as cancelling it would leave QEMU unable to save memory again; its file is removed", info.Status))
+			case cancelled:
+				return info, canceled(ctx, "")
+			case abandon != nil:
+				return info, abandon
+			case info.Status == statusFailed:
+				return info, fmt.Errorf("migration failed: %s", info.ErrorDesc)
+			case info.Status == statusCancelled:
+				return info, errors.New("migration cancelled outside vmsnap")
+			}
+			return info, nil
+		case !running(info.Status):
+			// "none": the migrate command never reached QEMU.
+			if cancelled {
+				return info, canceled(ctx, "")
+			}
+			return info, fmt.Errorf("migration status %q after migrate", info.Status)
+		case info.Status == statusPreSwitchover && s.mode == Precopy && !continued && !cancelled && abandon == nil:
+			continued = true
+			if err := s.runAtStop(ctx); err != nil {
+				if errors.Is(err, sentinel.ErrCanceled) {
+					cancelled = true
+				} else {
+					abandon = err
+				}
+				continue
+			}
+			if err := s.mon.Execute(wctx, "migrate-continue", map[string]string{"state": statusPreSwitchover}, nil); err != nil {
+				abandon = fmt.Errorf("migrate-continue: %w", err)
+			}
+			continue
+		}
+		select {
+		case ev, ok := <-s.events:
+			if !ok {
+				return info, fmt.Errorf("waiting for the migration: %w", qmp.ErrClosed)
+			}
+			s.guest.observe(ev)
+		case <-tick.C:
+		case <-done:
+			done = nil
+			cancelled = true
+		case <-deadline:
+			if action == letFinish {
+				return info, fmt.Errorf("%w: %w: the background snapshot is still %s after %v; it is left to finish (Settle waits for it)", sentinel.ErrCanceled, sentinel.ErrBusy, info.Status, drainTimeout)
+			}
+			return info, fmt.Errorf("migration still %s %v after migrate_cancel", info.Status, cleanupTimeout)
+		}
+	}
+}
+
+// cancelMigration sends migrate_cancel. An error (a lost connection) shows
+// in the next query-migrate.
+func (s *saver) cancelMigration(ctx context.Context) {
+	cctx, cancel := cleanupCtx(ctx)
+	defer cancel()
+	_ = s.mon.Execute(cctx, "migrate_cancel", nil, nil)
+}
+
+// finish waits, once, for QEMU's migration thread after the migration
+// ended (see awaitFinished). It does nothing while one still runs.
+func (s *saver) finish(ctx context.Context) error {
+	if s.finished || !ended(s.status) {
+		return nil
+	}
+	cctx, cancel := cleanupCtx(ctx)
+	defer cancel()
+	if err := awaitFinished(cctx, s.mon); err != nil {
+		return err
+	}
+	s.finished = true
+	return nil
+}
+
+// resume runs the guest again if it ran before Save, by the rules of
+// contAllowed (QEMU accepts cont from "postmigrate" and reactivates the
+// images), and waits for the RESUME event so the downtime is known. Once it
+// succeeded it does nothing.
+func (s *saver) resume(ctx context.Context) error {
+	if s.resumed {
+		return nil
+	}
+	if !s.wasRunning {
+		s.resumed = true
+		return nil
+	}
+	cctx, cancel := cleanupCtx(ctx)
+	defer cancel()
+	st, err := settledStatus(cctx, s.mon)
+	if err != nil {
+		return fmt.Errorf("resume guest: %w", err)
+	}
+	if !st.Running {
+		if !contAllowed(s.status) {
+			return fmt.Errorf("guest left %s: the migration is still %s", st.State, s.status)
+		}
+		if err := s.mon.Execute(cctx, "cont", nil, nil); err != nil {
+			return fmt.Errorf("resume guest (from %s): %w", st.State, err)
+		}
+	}
+	s.resumed = true
+	if s.expectStop {
+		// QEMU sends RESUME before its reply to cont: it is queued.
+		s.awaitResume(resumeEventWait)
+	}
+	return nil
+}
+
+// awaitResume observes events until it has seen the guest stop and resume,
+// or for at most wait.
+func (s *saver) awaitResume(wait time.Duration) {
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	for !s.guest.resumed() {
+		select {
+		case ev, ok := <-s.events:
+			if !ok {
+				return
+			}
+			s.guest.observe(ev)
+		case <-t.C:
+			return
+		}
+	}
+}
+
+// syncDir fsyncs a directory so a file created in it survives a crash.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("fsync directory: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("fsync directory %s: %w", dir, err)
+	}
+	return nil
+}
