@@ -67,34 +67,13 @@ func (d *Domain) Create(ctx context.Context, spec CreateSpec, flags CreateFlags)
 	fail := func(err error) *Op[*DomainSnapshot] {
 		return failed[*DomainSnapshot](&Error{Op: "create", Domain: d.uuid, Snapshot: spec.Name, Err: err})
 	}
-	if flags.unknown() != 0 {
-		return fail(fmt.Errorf("%w: %s not valid for create", ErrInvalidFlags, flags.unknown()))
-	}
 	if err := ValidateName(spec.Name); err != nil {
 		return fail(err)
 	}
-	if flags&Live != 0 && flags&DiskOnly != 0 {
-		return fail(fmt.Errorf("%w: Live needs a memory snapshot, not DiskOnly", ErrInvalidFlags))
-	}
-	if flags&NoMetadata != 0 && flags&External != 0 {
-		return fail(fmt.Errorf("%w: an external snapshot without metadata could never be found, reverted or merged again", ErrInvalidFlags))
-	}
-	if flags&Live != 0 && flags&External == 0 {
-		return fail(fmt.Errorf("%w: Live needs External (an internal snapshot stops the guest while QEMU writes it)", ErrInvalidFlags))
-	}
-	if !d.online() && flags&DiskOnly == 0 {
-		return fail(fmt.Errorf("%w: a shut-off domain has no memory to save; use DiskOnly", ErrUnsupported))
-	}
-	if !d.online() && flags&(External|Quiesce) != 0 {
-		return fail(fmt.Errorf("%w: %s needs a running domain", ErrUnsupported, flags&(External|Quiesce)))
-	}
-	if flags&Quiesce != 0 && flags&DiskOnly == 0 {
-		// Frozen filesystems in a memory image come back frozen after a
-		// revert, with nobody left to thaw them.
-		return fail(fmt.Errorf("%w: Quiesce goes with DiskOnly (a memory state taken while frozen would revert into a frozen guest)", ErrInvalidFlags))
-	}
-	if flags&Quiesce != 0 && d.opts.Agent == nil {
-		return fail(fmt.Errorf("%w: Quiesce needs a guest agent (Options.Agent)", ErrUnsupported))
+	// Checked at once, and again under the lock (a relaunch may have
+	// changed what the domain offers meanwhile).
+	if _, err := planCreate(flags, d.env()); err != nil {
+		return fail(err)
 	}
 	if spec.Config == nil {
 		spec.Config = d.opts.Config
@@ -103,7 +82,11 @@ func (d *Domain) Create(ctx context.Context, spec CreateSpec, flags CreateFlags)
 		if reconcileErr != nil {
 			return nil, reconcileErr
 		}
-		return d.create(ctx, op, spec, flags)
+		p, err := planCreate(flags, d.env())
+		if err != nil {
+			return nil, err
+		}
+		return d.create(ctx, op, spec, p)
 	})
 }
 
@@ -122,8 +105,8 @@ func (d *Domain) wrap(op, name string, err error) error {
 	return out
 }
 
-func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec CreateSpec, flags CreateFlags) (*DomainSnapshot, error) {
-	if flags&NoMetadata == 0 {
+func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec CreateSpec, p createPlan) (*DomainSnapshot, error) {
+	if p.record {
 		if _, err := d.get(ctx, spec.Name); err == nil {
 			return nil, fmt.Errorf("%w: the store has a snapshot of that name", ErrExists)
 		} else if !errors.Is(err, ErrNotFound) {
@@ -135,14 +118,14 @@ func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec Creat
 		return nil, err
 	}
 	canSnap := Disk.canSnapshotInternally
-	if flags&External != 0 {
+	if p.kind.external() {
 		canSnap = Disk.canSnapshotExternally
 	}
 	disks, err := selectDisks(all, spec.Disks, canSnap)
 	if err != nil {
 		return nil, err
 	}
-	if flags&External == 0 {
+	if !p.kind.external() {
 		for _, dk := range disks {
 			if _, ok := dk.snapshot(spec.Name); ok {
 				return nil, &DiskError{Disk: dk.name(), Err: fmt.Errorf("%w: the image already holds a snapshot of that name (adopt it or pick another name)", ErrExists)}
@@ -160,18 +143,18 @@ func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec Creat
 		Memory:       Memory{Kind: MemoryNone},
 	}
 	wasRunning := false
-	if d.online() {
+	if !p.offline {
 		st, err := d.guestState(ctx)
 		if err != nil {
 			return nil, err
 		}
 		wasRunning = st.Running
 	}
-	if flags&Quiesce != 0 && !wasRunning {
+	if p.quiesce && !wasRunning {
 		return nil, fmt.Errorf("%w: Quiesce needs a running guest (its agent cannot answer while paused)", ErrUnsupported)
 	}
 	s.State = StateDiskOnly
-	if flags&DiskOnly == 0 {
+	if p.kind.full() {
 		s.State = StatePaused
 		if wasRunning {
 			s.State = StateRunning
@@ -182,8 +165,8 @@ func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec Creat
 	} else {
 		return nil, err
 	}
-	c := &creation{d: d, op: op, s: s, flags: flags, disks: disks, all: all, wasRunning: wasRunning, meta: flags&NoMetadata == 0}
-	if flags&External != 0 {
+	c := &creation{d: d, op: op, s: s, plan: p, disks: disks, all: all, wasRunning: wasRunning, meta: p.record}
+	if p.kind.external() {
 		err = c.external(ctx, spec)
 	} else {
 		err = c.internal(ctx, spec)
@@ -206,7 +189,7 @@ type creation struct {
 	d          *Domain
 	op         *Op[*DomainSnapshot]
 	s          *DomainSnapshot
-	flags      CreateFlags
+	plan       createPlan
 	disks, all []Disk
 	wasRunning bool
 	meta       bool
@@ -225,10 +208,10 @@ func (c *creation) intent(ctx context.Context, labels map[string]string) error {
 // paused with Halt, else running again if it ran.
 func (c *creation) finish(ctx context.Context) error {
 	d := c.d
-	if !d.online() {
+	if c.plan.offline {
 		return nil
 	}
-	if c.flags&Halt != 0 {
+	if c.plan.halt {
 		c.op.setPhase(PhasePausing)
 		st, err := d.guestState(ctx)
 		if err == nil && st.Running {
@@ -247,7 +230,7 @@ func (c *creation) finish(ctx context.Context) error {
 func (c *creation) internal(ctx context.Context, spec CreateSpec) error {
 	d, s, disks := c.d, c.s, c.disks
 	vmstate := disks[0]
-	if c.flags&DiskOnly == 0 {
+	if c.plan.kind == kindInternalFull {
 		if spec.VMStateDisk != "" {
 			vs, err := selectDisks(disks, []string{spec.VMStateDisk}, Disk.canSnapshotInternally)
 			if err != nil {
@@ -256,8 +239,8 @@ func (c *creation) internal(ctx context.Context, spec CreateSpec) error {
 			vmstate = vs[0]
 		}
 		s.Memory = Memory{Kind: MemoryInternal, Node: vmstate.Node}
-		if !d.hasJobs() && len(disks) != countInternalCapable(c.all) {
-			return fmt.Errorf("%w: this QEMU (%s) has no snapshot-save; its HMP savevm snaps every disk, so a subset of disks cannot be chosen", ErrUnsupported, d.features.Version)
+		if err := c.plan.checkDiskChoice(len(disks), countInternalCapable(c.all), d.features.Version.String()); err != nil {
+			return err
 		}
 	}
 	for _, dk := range disks {
@@ -267,7 +250,7 @@ func (c *creation) internal(ctx context.Context, spec CreateSpec) error {
 		return err
 	}
 	var thaw func() error
-	if c.flags&Quiesce != 0 {
+	if c.plan.quiesce {
 		c.op.setPhase(PhaseQuiescing)
 		var err error
 		if thaw, err = freezeGuest(ctx, d.opts.Agent); err != nil {
@@ -275,13 +258,13 @@ func (c *creation) internal(ctx context.Context, spec CreateSpec) error {
 		}
 	}
 	var takeErr error
-	if c.flags&DiskOnly != 0 {
+	if c.plan.kind == kindInternalDiskOnly {
 		c.op.setPhase(PhaseSnappingDisks)
 		takeErr = d.snapInternal(ctx, disks, s.Name)
 	} else {
 		c.op.setPhase(PhaseSavingMemory)
 		var dt time.Duration
-		dt, takeErr = d.saveInternal(ctx, c.op, disks, vmstate, s.Name, c.wasRunning)
+		dt, takeErr = d.saveInternal(ctx, c.op, c.plan.vmstate, disks, vmstate, s.Name, c.wasRunning)
 		s.Downtime = dt
 	}
 	if thaw != nil {
@@ -357,10 +340,10 @@ func matchDisk(disks []Disk, ds DiskSnapshot) (Disk, bool) {
 // saveInternal saves memory, devices and disks inside the images with the
 // snapshot-save job, or HMP savevm on an older QEMU. It returns how long the
 // guest was stopped as QEMU's STOP and RESUME events tell.
-func (d *Domain) saveInternal(ctx context.Context, op *Op[*DomainSnapshot], disks []Disk, vmstate Disk, tag string, wasRunning bool) (time.Duration, error) {
+func (d *Domain) saveInternal(ctx context.Context, op *Op[*DomainSnapshot], via vmstateVia, disks []Disk, vmstate Disk, tag string, wasRunning bool) (time.Duration, error) {
 	var dt downtime
 	var err error
-	if d.hasJobs() {
+	if via == vmstateJobs {
 		err = runJob(ctx, d.mon, newJobID("save"), "snapshot-save", map[string]any{"tag": tag, "vmstate": vmstate.Node, "devices": nodeNames(disks)}, op.setBytes, dt.observe)
 	} else {
 		err = runHMPObserved(ctx, d.mon, &dt, wasRunning, func() error {

@@ -24,8 +24,8 @@ import (
 // DeleteChildren deletes the snapshot's descendants too (deepest first).
 // DeleteMetadataOnly removes only the records and leaves the images alone.
 func (d *Domain) Delete(ctx context.Context, name string, flags DeleteFlags) *Op[[]string] {
-	if flags.unknown() != 0 {
-		return failed[[]string](&Error{Op: "delete", Domain: d.uuid, Snapshot: name, Err: fmt.Errorf("%w: %s not valid for delete", ErrInvalidFlags, flags.unknown())})
+	if _, err := planDelete(kindInternalFull, flags, env{}); err != nil {
+		return failed[[]string](&Error{Op: "delete", Domain: d.uuid, Snapshot: name, Err: err})
 	}
 	if err := ValidateName(name); err != nil {
 		return failed[[]string](&Error{Op: "delete", Domain: d.uuid, Snapshot: name, Err: err})
@@ -56,6 +56,7 @@ func (d *Domain) delete(ctx context.Context, op *Op[[]string], name string, flag
 		slices.Reverse(desc)
 		order = append(desc, name)
 	}
+	e := d.env()
 	var disks []Disk
 	if flags&DeleteMetadataOnly == 0 {
 		if disks, err = d.disks(ctx); err != nil {
@@ -71,8 +72,13 @@ func (d *Domain) delete(ctx context.Context, op *Op[[]string], name string, flag
 		if err != nil {
 			return deleted, err
 		}
-		if flags&DeleteMetadataOnly == 0 {
-			if s := fromRecord(r); !s.IsExternal() {
+		s := fromRecord(r)
+		p, err := planDelete(kindOf(s), flags, e)
+		if err != nil {
+			return deleted, err
+		}
+		if p.method != deleteMetadataOnly {
+			if p.method != deleteMerge {
 				if b := buried(disks, s.Disks, s.Name); len(b) > 0 {
 					return deleted, errBuried(b)
 				}
@@ -82,12 +88,12 @@ func (d *Domain) delete(ctx context.Context, op *Op[[]string], name string, flag
 			if err := d.putRecord(ctx, r); err != nil {
 				return deleted, err
 			}
-			if fromRecord(r).IsExternal() {
+			if p.method == deleteMerge {
 				op.setPhase(PhaseMerging)
 			} else {
 				op.setPhase(PhaseDeleting)
 			}
-			if err := d.deleteFromImages(ctx, r, disks); err != nil {
+			if err := d.deleteFromImages(ctx, p, r, disks); err != nil {
 				if n != name {
 					err = fmt.Errorf("descendant %q: %w", n, err)
 				}
@@ -106,17 +112,16 @@ func (d *Domain) delete(ctx context.Context, op *Op[[]string], name string, flag
 // deleteFromImages removes the snapshot of record r from the disks (and
 // vmstate) that hold it. On failure the record is rewritten (status ok) to
 // list only the disks that still hold the snapshot.
-func (d *Domain) deleteFromImages(ctx context.Context, r *store.Record, disks []Disk) error {
+func (d *Domain) deleteFromImages(ctx context.Context, p deletePlan, r *store.Record, disks []Disk) error {
 	s := fromRecord(r)
-	if s.IsExternal() {
+	if p.method == deleteMerge {
 		return d.deleteExternal(ctx, r, disks)
 	}
 	have := holding(disks, s.Disks, s.Name)
 	if len(have) == 0 {
 		return nil
 	}
-	full := s.Memory.Kind == MemoryInternal && d.online()
-	if !full {
+	if p.method == deleteByDisk {
 		left, err := d.deleteInternal(ctx, have, s.Name)
 		if err != nil {
 			return d.keepPartial(ctx, r, left, err)
@@ -124,7 +129,7 @@ func (d *Domain) deleteFromImages(ctx context.Context, r *store.Record, disks []
 		return nil
 	}
 	var err error
-	if d.hasJobs() {
+	if p.vmstate == vmstateJobs {
 		err = runJob(ctx, d.mon, newJobID("delete"), "snapshot-delete", map[string]any{"tag": s.Name, "devices": snapshotNodes(have)}, nil, nil)
 	} else {
 		err = hmpErr(hmp.DelVM(ctx, d.mon, s.Name))

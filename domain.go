@@ -152,6 +152,15 @@ func newDomain(mon qmp.Monitor, uuid string, opts Options) (*Domain, error) {
 	return &Domain{mon: mon, uuid: uuid, store: st, opts: opts}, nil
 }
 
+// fileStoreRoot returns the root directory of the domain's store when it
+// is a file store, "" otherwise.
+func (d *Domain) fileStoreRoot() string {
+	if fs, ok := d.store.(*store.FileStore); ok {
+		return fs.Root()
+	}
+	return ""
+}
+
 // UUID returns the domain's UUID.
 func (d *Domain) UUID() string { return d.uuid }
 
@@ -230,12 +239,6 @@ func (d *Domain) restoreRunning(ctx context.Context, wasRunning bool) error {
 		return fmt.Errorf("resume guest: %w", err)
 	}
 	return nil
-}
-
-// hasJobs reports whether QEMU has the snapshot-save/-load/-delete jobs
-// (QEMU 6.0 and later); older ones use HMP savevm/loadvm/delvm.
-func (d *Domain) hasJobs() bool {
-	return d.features != nil && d.features.Has("snapshot-save") && d.features.Has("snapshot-load") && d.features.Has("snapshot-delete")
 }
 
 // hmpErr maps the name check the HMP helpers apply onto ErrInvalidName.

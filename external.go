@@ -159,11 +159,11 @@ func (d *Domain) memoryPath(name string) (string, error) {
 	if d.opts.MemoryDir != "" {
 		dir = filepath.Join(d.opts.MemoryDir, d.uuid)
 	} else {
-		fs, ok := d.store.(*store.FileStore)
-		if !ok {
+		root := d.fileStoreRoot()
+		if root == "" {
 			return "", fmt.Errorf("%w: external memory needs Options.MemoryDir with a %T store", ErrUnsupported, d.store)
 		}
-		dir = filepath.Join(fs.Root(), d.uuid)
+		dir = filepath.Join(root, d.uuid)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
@@ -201,7 +201,7 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 	}
 	mode := memoryStopped
 	labels := map[string]string{}
-	if c.flags&DiskOnly == 0 {
+	if c.plan.kind == kindExternalFull {
 		path, err := d.memoryPath(s.Name)
 		if err != nil {
 			return err
@@ -210,7 +210,7 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 			return fmt.Errorf("%w: memory file %s exists already", ErrExists, path)
 		}
 		s.Memory = Memory{Kind: MemoryExternal, File: path}
-		if c.flags&Live != 0 && c.wasRunning {
+		if c.plan.live && c.wasRunning {
 			mode = d.liveMode(ctx)
 		}
 		labels[labelMemoryMode] = mode.String()
@@ -224,7 +224,7 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 		return c.undoExternal(ctx, nil, false, false, err)
 	}
 	var thaw func() error
-	if c.flags&Quiesce != 0 {
+	if c.plan.quiesce {
 		c.op.setPhase(PhaseQuiescing)
 		if thaw, err = freezeGuest(ctx, d.opts.Agent); err != nil {
 			return c.undoExternal(ctx, overlays, false, false, fmt.Errorf("quiesce: %w", err))
@@ -242,7 +242,7 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 	}
 	var takeErr error
 	saved := false // the memory file is complete (saveMemory removes a partial one)
-	if c.flags&DiskOnly != 0 {
+	if c.plan.kind == kindExternalDiskOnly {
 		takeErr = snapDisks(ctx)
 	} else {
 		c.op.setPhase(PhaseSavingMemory)

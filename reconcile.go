@@ -123,7 +123,11 @@ func (d *Domain) reconcileCreate(ctx context.Context, r *store.Record, disks []D
 
 func (d *Domain) reconcileDelete(ctx context.Context, r *store.Record, disks []Disk) error {
 	s := fromRecord(r)
-	if s.IsExternal() {
+	p, err := planDelete(kindOf(s), 0, d.env())
+	if err != nil {
+		return err
+	}
+	if p.method == deleteMerge {
 		if err := d.deleteExternal(ctx, r, disks); err != nil {
 			return err
 		}

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/vmsnap/vmsnap"
 	"github.com/vmsnap/vmsnap/internal/qemutest"
@@ -113,6 +114,9 @@ func TestQEMURelaunchKilledBetweenStopAndStart(t *testing.T) {
 	for _, d := range vm.Disks {
 		files[d.Device] = d.File
 	}
+	// Let the guest run well past the snapshot, so a guest that went back
+	// is told from one that did not by its counter.
+	time.Sleep(time.Second)
 	beforeKill, err := vm.Counter(ctx)
 	if err != nil {
 		t.Fatal(err)

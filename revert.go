@@ -27,11 +27,8 @@ func (d *Domain) Revert(ctx context.Context, name string, flags RevertFlags) *Op
 	fail := func(err error) *Op[*DomainSnapshot] {
 		return failed[*DomainSnapshot](&Error{Op: "revert", Domain: d.uuid, Snapshot: name, Err: err})
 	}
-	if flags.unknown() != 0 {
-		return fail(fmt.Errorf("%w: %s not valid for revert", ErrInvalidFlags, flags.unknown()))
-	}
-	if flags&RevertRunning != 0 && flags&RevertPaused != 0 {
-		return fail(fmt.Errorf("%w: RevertRunning and RevertPaused together", ErrInvalidFlags))
+	if _, err := planRevert(kindInternalFull, StateRunning, flags, env{online: true}); err != nil {
+		return fail(err) // the flags alone are wrong
 	}
 	if err := ValidateName(name); err != nil {
 		return fail(err)
@@ -56,22 +53,17 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 	if len(s.Disks) == 0 {
 		return nil, fmt.Errorf("%w: the snapshot holds no disk", ErrInconsistent)
 	}
+	p, err := planRevert(kindOf(s), s.State, flags, d.env())
+	if err != nil {
+		return nil, err
+	}
 	disks, err := d.disks(ctx)
 	if err != nil {
 		return nil, err
 	}
-	wantRunning := s.State == StateRunning || s.State == StateDiskOnly
-	switch {
-	case flags&RevertRunning != 0:
-		wantRunning = true
-	case flags&RevertPaused != 0:
-		wantRunning = false
-	}
-	if s.IsExternal() {
-		if !d.online() {
-			return nil, fmt.Errorf("%w: reverting an external snapshot of a shut-off domain: start the domain first", ErrUnsupported)
-		}
-		return d.revertRelaunch(ctx, op, s, disks, wantRunning, flags&RevertForce != 0)
+	wantRunning := p.running
+	if !p.internalDisks {
+		return d.revertRelaunch(ctx, op, s, disks, wantRunning, p.force)
 	}
 	var missing []string
 	for i, ds := range s.Disks {
@@ -91,18 +83,15 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 		return nil, &DiskError{Disk: missing[0], Err: fmt.Errorf("%w: disks %v no longer hold the snapshot", ErrInconsistent, missing)}
 	}
 
-	if !d.online() {
+	switch p.method {
+	case revertOffline:
 		op.setPhase(PhaseLoading)
 		if err := d.revertOffline(ctx, s.Disks, s.Name); err != nil {
 			return nil, err
 		}
 		return d.markCurrent(ctx, s)
-	}
-	if s.IsDiskOnly() {
-		if d.opts.Launcher == nil {
-			return nil, fmt.Errorf("%w: QEMU cannot load a disk-only snapshot into a running guest; give the Domain a Launcher (Options.Launcher) to restart QEMU on the reverted disks, or shut the domain off and revert it offline (OpenOffline, qemu-img snapshot -a)", ErrUnsupported)
-		}
-		return d.revertRelaunch(ctx, op, s, disks, wantRunning, flags&RevertForce != 0)
+	case revertRelaunch:
+		return d.revertRelaunch(ctx, op, s, disks, wantRunning, p.force)
 	}
 
 	st, err := d.guestState(ctx)
@@ -113,7 +102,7 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 	// from here on, the next operation learns from the job whether the
 	// load happened and leaves the guest as wanted or as it was.
 	jobID := ""
-	if d.hasJobs() {
+	if p.vmstate == vmstateJobs {
 		jobID = newJobID("load")
 	}
 	in := revertIntent{Want: wantRunning, Was: st.Running, Job: jobID}
@@ -129,7 +118,7 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 		}
 	}
 	op.setPhase(PhaseLoading)
-	if d.hasJobs() {
+	if p.vmstate == vmstateJobs {
 		// The vmstate is on the disk whose snapshot has a vmstate size; its
 		// node name is the current one (set when the disks were checked).
 		vmstate := s.Memory.Node
