@@ -347,3 +347,59 @@ func TestQEMUEtcdStopped(t *testing.T) {
 		t.Error("the guest does not run after the reconcile")
 	}
 }
+
+// TestQEMUStorageElsewhere: the catalog is shared but the images are not.
+// A second "host" runs the domain (same UUID) on images of its own; its
+// List shows the snapshot the first host took, with a problem saying its
+// disks do not hold it, rather than hiding it or claiming it can be used;
+// its revert is refused and the images of the first host are never
+// touched.
+func TestQEMUStorageElsewhere(t *testing.T) {
+	qemutest.Require(t)
+	srv := startEtcd(t)
+	ctx := testContext(t)
+	here := qemutest.Start(t, qemutest.Options{})
+	s := newStore(t, srv, Options{Prefix: "/elsewhere"})
+	dom, err := vmsnap.Open(ctx, here.Mon, vmsnap.Options{Store: s, MemoryDir: t.TempDir()})
+	must(t, err)
+	if _, err := dom.Create(ctx, vmsnap.CreateSpec{Name: "s1"}, 0).Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	there := qemutest.Start(t, qemutest.Options{UUID: here.UUID})
+	s2 := newStore(t, srv, Options{Prefix: "/elsewhere"})
+	dom2, err := vmsnap.Open(ctx, there.Mon, vmsnap.Options{Store: s2, MemoryDir: t.TempDir()})
+	must(t, err)
+	l := listing(t, dom2)
+	if got := names(l); !slices.Equal(got, []string{"s1"}) {
+		t.Fatalf("other host's List = %q, want s1", got)
+	}
+	if len(l.Snapshots[0].Problems) == 0 {
+		t.Errorf("other host's List reports no problem with a snapshot whose images it does not have")
+	}
+	t.Logf("other host sees s1 with problems %q", l.Snapshots[0].Problems)
+	if _, err := dom2.Revert(ctx, "s1", 0).Wait(ctx); err == nil {
+		t.Error("the other host reverted to a snapshot its images do not hold")
+	} else {
+		t.Logf("other host's revert: %v", err)
+	}
+	if !guestRunning(t, there) || !advances(t, there) {
+		t.Error("the other host's guest does not run after the refused revert")
+	}
+	deleted, err := dom2.Delete(ctx, "s1", 0).Wait(ctx)
+	t.Logf("other host's delete: %q, %v", deleted, err)
+	if all, _ := hasTag(t, here, "s1"); !all {
+		t.Error("the other host's delete removed s1 from images it does not run on")
+	}
+	// Today the engine takes disks that do not hold a snapshot as disks
+	// it is gone from, so that delete dropped the shared record; the first
+	// host still finds s1 in its images, as untracked, and can adopt it.
+	l = listing(t, dom)
+	var untracked []string
+	for _, u := range l.Untracked {
+		untracked = append(untracked, u.Name)
+	}
+	if err == nil && !slices.Contains(untracked, "s1") {
+		t.Errorf("first host after the other's delete: records %q, untracked %q; want s1 untracked", names(l), untracked)
+	}
+}

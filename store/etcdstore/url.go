@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"flag"
 	"fmt"
 	"net"
 	"net/url"
@@ -14,6 +15,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/vmsnap/vmsnap/store"
 )
 
 // TLSFiles name the PEM files of a TLS connection to etcd, as etcdctl's
@@ -217,4 +220,37 @@ func redact(raw string) string {
 		return scheme + "://" + user + ":xxxxx" + rest[at:]
 	}
 	return raw
+}
+
+// RegisterFlags adds --etcd-cacert, --etcd-cert and --etcd-key to fs,
+// setting f, with f's current values as defaults (so that a command that
+// parses its global options again after a subcommand keeps what was given
+// before it).
+func (f *TLSFiles) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&f.CACert, "etcd-cacert", f.CACert, "CA bundle `FILE` that signed etcd's certificates (implies TLS)")
+	fs.StringVar(&f.Cert, "etcd-cert", f.Cert, "client certificate `FILE` for etcd (implies TLS)")
+	fs.StringVar(&f.Key, "etcd-key", f.Key, "client key `FILE` for etcd")
+}
+
+// OpenSpec opens the store a --store option names: an etcd:// or
+// etcds:// URL gives a *Store (see OpenURL, with tlsFiles), anything else
+// a store.FileStore rooted there ("" is store.DefaultRoot). closeStore releases
+// the store (for a FileStore it does nothing). TLS files given with a
+// directory are an error rather than ignored.
+func OpenSpec(ctx context.Context, spec string, tlsFiles TLSFiles) (s store.Store, closeStore func() error, err error) {
+	if IsURL(spec) {
+		es, err := OpenURL(ctx, spec, tlsFiles)
+		if err != nil {
+			return nil, nil, err
+		}
+		return es, es.Close, nil
+	}
+	if !tlsFiles.IsZero() {
+		return nil, nil, fmt.Errorf("etcdstore: etcd TLS files given, but the store %q is a directory, not an etcd:// URL", spec)
+	}
+	fs, err := store.NewFileStore(spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	return fs, func() error { return nil }, nil
 }

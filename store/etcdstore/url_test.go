@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"flag"
 	"math/big"
 	"net"
 	"os"
@@ -179,4 +180,36 @@ func issue(t *testing.T, dir, name string, ca *x509.Certificate, caKey *ecdsa.Pr
 func writePEM(t *testing.T, path, typ string, der []byte) {
 	t.Helper()
 	must(t, os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: der}), 0o600))
+}
+
+func TestOpenSpec(t *testing.T) {
+	srv := startEtcd(t)
+	ctx := t.Context()
+	var tf TLSFiles
+	fs := flag.NewFlagSet("xlsnap", flag.ContinueOnError)
+	tf.RegisterFlags(fs)
+	must(t, fs.Parse([]string{"--etcd-cacert", "/ca.pem"}))
+	sub := flag.NewFlagSet("snapshot-list", flag.ContinueOnError)
+	tf.RegisterFlags(sub)
+	must(t, sub.Parse([]string{"--etcd-cert", "/c.pem", "--etcd-key", "/k.pem"}))
+	if want := (TLSFiles{CACert: "/ca.pem", Cert: "/c.pem", Key: "/k.pem"}); tf != want {
+		t.Errorf("flags = %+v, want %+v", tf, want)
+	}
+
+	s, closeStore, err := OpenSpec(ctx, "etcd://"+srv.client+"/spec", TLSFiles{})
+	must(t, err)
+	if _, ok := s.(*Store); !ok {
+		t.Errorf("etcd URL opened a %T", s)
+	}
+	must(t, closeStore())
+	dir := t.TempDir()
+	s, closeStore, err = OpenSpec(ctx, dir, TLSFiles{})
+	must(t, err)
+	if fs, ok := s.(*store.FileStore); !ok || fs.Root() != dir {
+		t.Errorf("directory opened %T", s)
+	}
+	must(t, closeStore())
+	if _, _, err := OpenSpec(ctx, dir, tf); err == nil {
+		t.Error("TLS files with a directory store accepted")
+	}
 }
