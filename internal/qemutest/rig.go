@@ -8,6 +8,10 @@
 // a connected QMP client and registers a cleanup that ends the process and
 // removes its files, also when the test fails.
 //
+// The QEMU it starts is qemu-system-x86_64 on PATH, or another version
+// named by the VMSNAP_QEMU_DIR environment variable (DirEnv); Version says
+// which version a test ran on. qemu-img and qemu-io always come from PATH.
+//
 // Facts about QEMU 7.2 worth knowing in tests: HMP qemu-io prints its result
 // on QEMU's own stdout, not in the QMP reply (VM.QemuIO returns what QEMU
 // printed); writes through HMP qemu-io need share-rw=on on the disk's
@@ -53,15 +57,17 @@ const (
 // maxDisks is how many disks fit on the pc machine's two IDE buses.
 const maxDisks = 4
 
-// Available reports whether qemu-system-x86_64, qemu-img and qemu-io are on
-// PATH.
+// Available reports whether qemu-img and qemu-io are on PATH and the QEMU
+// system emulator can be run: qemu-system-x86_64 on PATH, or the one under
+// DirEnv's prefix when DirEnv is set.
 func Available() bool {
-	for _, b := range []string{systemBinary, imgBinary, ioBinary} {
+	for _, b := range []string{imgBinary, ioBinary} {
 		if _, err := exec.LookPath(b); err != nil {
 			return false
 		}
 	}
-	return true
+	q, err := selectedQEMU()
+	return err == nil && q.available()
 }
 
 // Require skips the test when QEMU is missing, and fails it when the
@@ -72,6 +78,10 @@ func Require(t testing.TB) {
 		return
 	}
 	msg := fmt.Sprintf("qemutest: %s, %s and %s are needed on PATH", systemBinary, imgBinary, ioBinary)
+	if dir := os.Getenv(DirEnv); dir != "" {
+		msg = fmt.Sprintf("qemutest: %s and %s are needed on PATH, and %s=%s must hold %s or %s",
+			imgBinary, ioBinary, DirEnv, dir, filepath.Join("bin", systemBinary), filepath.Join("usr", "bin", systemBinary))
+	}
 	if os.Getenv("CI") == "true" {
 		t.Fatal(msg + " (CI=true: not skipping)")
 	}
@@ -230,7 +240,11 @@ func Start(t testing.TB, opts Options) *VM {
 	}
 	created = append(created, vm.Socket)
 
-	vm.Argv = buildArgv(vm, opts)
+	q, err := selectedQEMU()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm.Argv = buildArgv(q, vm, opts)
 	vm.baseArgv = append([]string(nil), vm.Argv...)
 	vm.logFile = filepath.Join(opts.Dir, "qemu.log")
 	created = append(created, vm.logFile)
@@ -265,7 +279,7 @@ func (vm *VM) launch(t testing.TB) (started time.Time) {
 	started = time.Now()
 	if err := vm.cmd.Start(); err != nil {
 		close(vm.exited)
-		t.Fatalf("qemutest: start %s: %v", systemBinary, err)
+		t.Fatalf("qemutest: start %s: %v", vm.Argv[0], err)
 	}
 	vm.Pid = vm.cmd.Process.Pid
 	go func() {
@@ -332,14 +346,15 @@ func withDefaults(t testing.TB, opts Options) Options {
 	return opts
 }
 
-// buildArgv returns QEMU's command line for vm.
-func buildArgv(vm *VM, opts Options) []string {
-	argv := []string{systemBinary,
+// buildArgv returns QEMU's command line for vm: the binary DirEnv selects
+// and its -L options, then the machine.
+func buildArgv(q systemQEMU, vm *VM, opts Options) []string {
+	argv := append(q.argv0(),
 		"-machine", "pc,accel=tcg",
 		"-nodefaults",
 		"-display", "none",
 		"-m", strconv.Itoa(opts.MemoryMiB),
-	}
+	)
 	if opts.UUID != "" {
 		argv = append(argv, "-uuid", opts.UUID)
 	}

@@ -423,6 +423,7 @@ func (o *outcomeTB) Fatalf(string, ...any) { o.failed = true; runtime.Goexit() }
 
 func TestRequireWithoutQEMU(t *testing.T) {
 	t.Setenv("PATH", t.TempDir()) // no QEMU there
+	t.Setenv(DirEnv, "")
 	if Available() {
 		t.Fatal("Available with an empty PATH")
 	}
@@ -445,5 +446,137 @@ func TestRequireWithoutQEMU(t *testing.T) {
 		if o.skipped != tt.wantSkip || o.failed != tt.wantFatal {
 			t.Errorf("CI=%q: skipped %v failed %v; want %v %v", tt.ci, o.skipped, o.failed, tt.wantSkip, tt.wantFatal)
 		}
+	}
+}
+
+// TestRequireWithoutQEMUDir: a DirEnv prefix without QEMU fails under CI
+// even with qemu-system-x86_64 on PATH.
+func TestRequireWithoutQEMUDir(t *testing.T) {
+	t.Setenv(DirEnv, t.TempDir())
+	t.Setenv("CI", "true")
+	o := &outcomeTB{TB: t}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		Require(o)
+	}()
+	<-done
+	if !o.failed {
+		t.Errorf("%s without QEMU under CI=true: skipped %v failed %v; want a failure", DirEnv, o.skipped, o.failed)
+	}
+}
+
+func TestParseVersion(t *testing.T) {
+	for _, tt := range []struct {
+		out  string
+		want QEMUVersion
+	}{
+		{"QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright (c) 2003-2022 Fabrice Bellard and the QEMU Project developers\n",
+			QEMUVersion{7, 2, 22, "Debian 1:7.2+dfsg-7+deb12u18+b3"}},
+		{"QEMU emulator version 10.0.2 (Debian 1:10.0.2+ds-2+deb13u1~bpo12+1)\n", QEMUVersion{10, 0, 2, "Debian 1:10.0.2+ds-2+deb13u1~bpo12+1"}},
+		{"QEMU emulator version 5.2.0 (Debian 1:5.2+dfsg-11+deb11u5)\n", QEMUVersion{5, 2, 0, "Debian 1:5.2+dfsg-11+deb11u5"}},
+		{"QEMU emulator version 9.0.50 (v9.0.0-1234-gdeadbeef)\n", QEMUVersion{9, 0, 50, "v9.0.0-1234-gdeadbeef"}},
+		{"QEMU emulator version 8.2.0\nCopyright (c) 2003-2023\n", QEMUVersion{8, 2, 0, ""}},
+	} {
+		got, err := parseVersion(tt.out)
+		if err != nil {
+			t.Errorf("parseVersion(%q): %v", tt.out, err)
+			continue
+		}
+		if got != tt.want {
+			t.Errorf("parseVersion(%q) = %+v, want %+v", tt.out, got, tt.want)
+		}
+	}
+	if _, err := parseVersion("qemu-system-x86_64: unknown option\n"); err == nil {
+		t.Error("parseVersion accepted output without a version")
+	}
+	v := QEMUVersion{Major: 10, Minor: 0, Micro: 2}
+	if !v.AtLeast(9, 0) || !v.AtLeast(10, 0) || v.AtLeast(10, 1) || (QEMUVersion{Major: 5, Minor: 2}).AtLeast(7, 2) {
+		t.Errorf("AtLeast wrong for %v", v)
+	}
+	if s := (QEMUVersion{5, 2, 0, "Debian 1:5.2+dfsg-11+deb11u5"}).String(); s != "5.2.0 (Debian 1:5.2+dfsg-11+deb11u5)" {
+		t.Errorf("String() = %q", s)
+	}
+}
+
+// TestQEMUDir checks how DirEnv selects the binary and its -L options, on
+// a made-up prefix.
+func TestQEMUDir(t *testing.T) {
+	t.Setenv(DirEnv, "")
+	q, err := selectedQEMU()
+	if err != nil || q.binary != systemBinary || len(q.argv0()) != 1 {
+		t.Fatalf("without %s: %+v, %v; want %s without -L", DirEnv, q, err, systemBinary)
+	}
+
+	prefix := t.TempDir()
+	t.Setenv(DirEnv, prefix)
+	if q, _ := selectedQEMU(); q.available() {
+		t.Errorf("empty prefix: %s available", q.binary)
+	}
+	bin := filepath.Join(prefix, "usr", "bin", systemBinary)
+	for _, d := range []string{filepath.Dir(bin), filepath.Join(prefix, "usr", "share", "seabios")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(bin, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	q, err = selectedQEMU()
+	if err != nil || !q.available() {
+		t.Fatalf("%+v, %v: want available", q, err)
+	}
+	want := []string{bin, "-L", filepath.Join(prefix, "usr", "share", "seabios")}
+	if diff := cmp.Diff(want, q.argv0()); diff != "" {
+		t.Errorf("argv without wrapper (-want +got):\n%s", diff)
+	}
+
+	// The wrapper in bin/ wins; both data directories are searched, the
+	// prefix's qemu first.
+	wrapper := filepath.Join(prefix, "bin", systemBinary)
+	for _, d := range []string{filepath.Dir(wrapper), filepath.Join(prefix, "usr", "share", "qemu")} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.WriteFile(wrapper, []byte("#!/bin/sh\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	q, _ = selectedQEMU()
+	want = []string{wrapper, "-L", filepath.Join(prefix, "usr", "share", "qemu"), "-L", filepath.Join(prefix, "usr", "share", "seabios")}
+	if diff := cmp.Diff(want, q.argv0()); diff != "" {
+		t.Errorf("argv with wrapper (-want +got):\n%s", diff)
+	}
+	if Binary() != wrapper {
+		t.Errorf("Binary() = %q, want %q", Binary(), wrapper)
+	}
+
+	// A relative prefix is made absolute: Argv must not depend on the
+	// directory QEMU is started in.
+	t.Chdir(filepath.Dir(prefix))
+	t.Setenv(DirEnv, filepath.Base(prefix))
+	if q, _ := selectedQEMU(); q.binary != wrapper {
+		t.Errorf("relative %s: binary %q, want %q", DirEnv, q.binary, wrapper)
+	}
+}
+
+// TestVersionIsTheStartedQEMU proves the rig starts the QEMU Version
+// reports: the one DirEnv selects, or the one on PATH.
+func TestVersionIsTheStartedQEMU(t *testing.T) {
+	v := Version(t)
+	t.Logf("QEMU %s from %s", v, Binary())
+	vm := Start(t, Options{Disks: 1})
+	if vm.Argv[0] != Binary() {
+		t.Errorf("Argv[0] = %q, want %q", vm.Argv[0], Binary())
+	}
+	var got struct {
+		QEMU    struct{ Major, Minor, Micro int } `json:"qemu"`
+		Package string                            `json:"package"`
+	}
+	if err := vm.Mon.Execute(testContext(t), "query-version", nil, &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.QEMU.Major != v.Major || got.QEMU.Minor != v.Minor || got.QEMU.Micro != v.Micro || strings.TrimSpace(got.Package) != v.Package {
+		t.Errorf("query-version = %+v, Version = %+v", got, v)
 	}
 }
