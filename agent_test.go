@@ -6,9 +6,12 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/vmsnap/vmsnap/internal/fakeqemu"
+	"github.com/vmsnap/vmsnap/internal/migrate"
+	"github.com/vmsnap/vmsnap/qmp"
 )
 
 // fakeAgent is a guest agent that counts freezes and thaws and records
@@ -137,18 +140,18 @@ func TestQuiesceAroundSaveMemory(t *testing.T) {
 	errSnap := errors.New("disk snapshot failed")
 	tests := []struct {
 		name      string
-		mode      memoryMode
+		mode      migrate.Mode
 		atStopErr error
 		cancelAt  string // "atStop" or "" (no cancel)
 		fault     *fakeqemu.Fault
 		wantErr   error
 	}{
-		{name: "success", mode: memoryStopped},
-		{name: "success, background", mode: memoryBackground},
-		{name: "atStop fails", mode: memoryStopped, atStopErr: errSnap, wantErr: errSnap},
-		{name: "cancel in atStop", mode: memoryBackground, cancelAt: "atStop", wantErr: ErrCanceled},
-		{name: "migration refused", mode: memoryStopped, fault: &fakeqemu.Fault{Command: "migrate", Desc: "no"}},
-		{name: "settings refused before atStop", mode: memoryStopped, fault: &fakeqemu.Fault{Command: "migrate-set-parameters", Desc: "no"}},
+		{name: "success", mode: migrate.Stopped},
+		{name: "success, background", mode: migrate.Background},
+		{name: "atStop fails", mode: migrate.Stopped, atStopErr: errSnap, wantErr: errSnap},
+		{name: "cancel in atStop", mode: migrate.Background, cancelAt: "atStop", wantErr: ErrCanceled},
+		{name: "migration refused", mode: migrate.Stopped, fault: &fakeqemu.Fault{Command: "migrate", Desc: "no"}},
+		{name: "settings refused before atStop", mode: migrate.Stopped, fault: &fakeqemu.Fault{Command: "migrate-set-parameters", Desc: "no"}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -166,7 +169,7 @@ func TestQuiesceAroundSaveMemory(t *testing.T) {
 					return err
 				}
 				path := filepath.Join(t.TempDir(), "mem")
-				_, err = saveMemory(ctx, f.mon, f.feat, path, tc.mode, nil, func(ctx context.Context) error {
+				_, err = migrate.Save(ctx, f.mon, f.feat, path, tc.mode, nil, func(ctx context.Context) error {
 					if !agent.counts().Frozen {
 						t.Error("atStop ran with the guest not frozen")
 					}
@@ -199,4 +202,32 @@ func TestQuiesceAroundSaveMemory(t *testing.T) {
 			}
 		})
 	}
+}
+
+// memFake is a fake QEMU with a connected client and its probed features.
+type memFake struct {
+	srv  *fakeqemu.Server
+	mon  *qmp.Client
+	feat *qmp.Features
+}
+
+func startMemFake(t *testing.T, opts fakeqemu.Options) *memFake {
+	t.Helper()
+	srv, err := fakeqemu.Start(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	mon, err := qmp.Dial(ctx, srv.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mon.Close() })
+	feat, err := qmp.Probe(ctx, mon)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &memFake{srv: srv, mon: mon, feat: feat}
 }

@@ -6,8 +6,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/vmsnap/vmsnap/hmp"
-	"github.com/vmsnap/vmsnap/qmp"
+	"github.com/vmsnap/vmsnap/internal/qemu"
 )
 
 // CreateSpec describes the snapshot Create takes.
@@ -215,7 +214,7 @@ func (c *creation) finish(ctx context.Context) error {
 		c.op.setPhase(PhasePausing)
 		st, err := d.guestState(ctx)
 		if err == nil && st.Running {
-			err = d.mon.Execute(ctx, "stop", nil, nil)
+			err = qemu.Stop(ctx, d.mon)
 		}
 		if err != nil {
 			return fmt.Errorf("halt: %w", err)
@@ -260,11 +259,11 @@ func (c *creation) internal(ctx context.Context, spec CreateSpec) error {
 	var takeErr error
 	if c.plan.kind == kindInternalDiskOnly {
 		c.op.setPhase(PhaseSnappingDisks)
-		takeErr = d.snapInternal(ctx, disks, s.Name)
+		takeErr = d.images.snapInternal(ctx, disks, s.Name)
 	} else {
 		c.op.setPhase(PhaseSavingMemory)
 		var dt time.Duration
-		dt, takeErr = d.saveInternal(ctx, c.op, c.plan.vmstate, disks, vmstate, s.Name, c.wasRunning)
+		dt, takeErr = d.saveInternal(ctx, c.op, disks, vmstate, s.Name, c.wasRunning)
 		s.Downtime = dt
 	}
 	if thaw != nil {
@@ -286,14 +285,6 @@ func (c *creation) internal(ctx context.Context, spec CreateSpec) error {
 		return d.undoCreate(ctx, s, c.wasRunning, c.meta, err)
 	}
 	return nil
-}
-
-func nodeNames(disks []Disk) []string {
-	nodes := make([]string, len(disks))
-	for i, dk := range disks {
-		nodes[i] = dk.Node
-	}
-	return nodes
 }
 
 func countInternalCapable(all []Disk) int {
@@ -320,37 +311,12 @@ func fillFromDisks(s *DomainSnapshot, disks []Disk) {
 	}
 }
 
-// matchDisk finds the disk that ds was taken of: same node, else same
-// device, else same image file (node names change when QEMU restarts).
-func matchDisk(disks []Disk, ds DiskSnapshot) (Disk, bool) {
-	for _, by := range []func(Disk) bool{
-		func(d Disk) bool { return ds.Node != "" && d.Node == ds.Node && d.File == ds.File },
-		func(d Disk) bool { return ds.Device != "" && d.Device == ds.Device },
-		func(d Disk) bool { return ds.File != "" && d.File == ds.File },
-	} {
-		for _, d := range disks {
-			if by(d) {
-				return d, true
-			}
-		}
-	}
-	return Disk{}, false
-}
-
 // saveInternal saves memory, devices and disks inside the images with the
-// snapshot-save job, or HMP savevm on an older QEMU. It returns how long the
-// guest was stopped as QEMU's STOP and RESUME events tell.
-func (d *Domain) saveInternal(ctx context.Context, op *Op[*DomainSnapshot], via vmstateVia, disks []Disk, vmstate Disk, tag string, wasRunning bool) (time.Duration, error) {
-	var dt downtime
-	var err error
-	if via == vmstateJobs {
-		err = runJob(ctx, d.mon, newJobID("save"), "snapshot-save", map[string]any{"tag": tag, "vmstate": vmstate.Node, "devices": nodeNames(disks)}, op.setBytes, dt.observe)
-	} else {
-		err = runHMPObserved(ctx, d.mon, &dt, wasRunning, func() error {
-			return hmpErr(hmp.SaveVM(context.WithoutCancel(ctx), d.mon, tag))
-		})
-	}
-	return dt.total, err
+// backend the plan chose (internal/qemu's VMState: the snapshot-save job,
+// or HMP savevm on an older QEMU). It returns how long the guest was
+// stopped as QEMU's STOP and RESUME events tell.
+func (d *Domain) saveInternal(ctx context.Context, op *Op[*DomainSnapshot], disks []Disk, vmstate Disk, tag string, wasRunning bool) (time.Duration, error) {
+	return d.vmstate.Save(ctx, qemu.SaveSpec{Tag: tag, VMStateNode: vmstate.Node, Devices: nodeNames(disks), WasRunning: wasRunning, Progress: op.setBytes})
 }
 
 // undoCreate rolls back a create that failed: it removes the disk snapshots
@@ -366,7 +332,7 @@ func (d *Domain) undoCreate(ctx context.Context, s *DomainSnapshot, wasRunning, 
 		problems = append(problems, fmt.Errorf("cannot check the disks: %w", err))
 	} else {
 		if left := holding(after, s.Disks, s.Name); len(left) > 0 {
-			if _, err := d.deleteInternal(cctx, left, s.Name); err != nil {
+			if _, err := d.images.deleteInternal(cctx, left, s.Name); err != nil {
 				problems = append(problems, fmt.Errorf("remove partial snapshot: %w", err))
 			}
 		}
@@ -383,55 +349,4 @@ func (d *Domain) undoCreate(ctx context.Context, s *DomainSnapshot, wasRunning, 
 		return fmt.Errorf("%w (and rolling back: %w)", cause, errors.Join(problems...))
 	}
 	return cause
-}
-
-// downtime measures how long the guest was stopped from QEMU's STOP and
-// RESUME events, fed in order by observe.
-type downtime struct {
-	stopped time.Time
-	total   time.Duration
-}
-
-func (w *downtime) observe(ev qmp.Event) {
-	switch ev.Name {
-	case "STOP":
-		w.stopped = ev.Time
-	case "RESUME":
-		if !w.stopped.IsZero() {
-			w.total += ev.Time.Sub(w.stopped)
-			w.stopped = time.Time{}
-		}
-	}
-}
-
-// runHMPObserved runs fn (a synchronous HMP command that stops the guest
-// and, when it ran, resumes it) and feeds dt the STOP and RESUME events QEMU
-// sent meanwhile. QEMU sends them before the reply, so when a RESUME is
-// due it arrives within moments of fn's return.
-func runHMPObserved(ctx context.Context, mon qmp.Monitor, dt *downtime, expectResume bool, fn func() error) error {
-	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancel()
-	events, err := mon.Subscribe(sctx)
-	if err != nil {
-		return err
-	}
-	err = fn()
-	if err != nil || !expectResume {
-		return err
-	}
-	timeout := time.After(time.Second)
-	for {
-		select {
-		case ev, ok := <-events:
-			if !ok {
-				return err
-			}
-			dt.observe(ev)
-			if ev.Name == "RESUME" {
-				return err
-			}
-		case <-timeout:
-			return err
-		}
-	}
 }

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/vmsnap/vmsnap/hmp"
 	"github.com/vmsnap/vmsnap/store"
 )
 
@@ -122,18 +121,13 @@ func (d *Domain) deleteFromImages(ctx context.Context, p deletePlan, r *store.Re
 		return nil
 	}
 	if p.method == deleteByDisk {
-		left, err := d.deleteInternal(ctx, have, s.Name)
+		left, err := d.images.deleteInternal(ctx, have, s.Name)
 		if err != nil {
 			return d.keepPartial(ctx, r, left, err)
 		}
 		return nil
 	}
-	var err error
-	if p.vmstate == vmstateJobs {
-		err = runJob(ctx, d.mon, newJobID("delete"), "snapshot-delete", map[string]any{"tag": s.Name, "devices": snapshotNodes(have)}, nil, nil)
-	} else {
-		err = hmpErr(hmp.DelVM(ctx, d.mon, s.Name))
-	}
+	err := d.vmstate.Delete(ctx, s.Name, snapshotNodes(have))
 	if err == nil {
 		return nil
 	}

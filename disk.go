@@ -1,15 +1,10 @@
 package vmsnap
 
 import (
-	"context"
-	"errors"
 	"fmt"
-	"strings"
-	"time"
 
-	"github.com/hashicorp/go-multierror"
-
-	"github.com/vmsnap/vmsnap/qmp"
+	"github.com/vmsnap/vmsnap/internal/qemu"
+	"github.com/vmsnap/vmsnap/internal/qemuimg"
 )
 
 // Disk is one of the domain's block devices as QEMU reports it.
@@ -37,6 +32,51 @@ type Disk struct {
 	Buried map[string]string
 }
 
+// diskFromImage builds a Disk from what QEMU or qemu-img says of its top
+// image (one parser for both: qemuimg.Info).
+func diskFromImage(device, node, format, file string, ro bool, img *qemuimg.Info) Disk {
+	d := Disk{Device: device, Node: node, Format: format, File: file, ReadOnly: ro}
+	if img.Filename != "" {
+		d.File = img.Filename
+	}
+	if d.Format == "" {
+		d.Format = img.Format
+	}
+	d.VirtualSize = img.VirtualSize
+	d.Backing = img.BackingFiles()
+	chain := img.Chain()
+	for _, bi := range chain[1:] {
+		for _, s := range bi.Snapshots {
+			if d.Buried == nil {
+				d.Buried = map[string]string{}
+			}
+			if _, seen := d.Buried[s.Name]; !seen {
+				d.Buried[s.Name] = bi.Filename
+			}
+		}
+	}
+	for _, s := range img.Snapshots {
+		d.Snapshots = append(d.Snapshots, DiskSnapshot{
+			Device: d.Device, Node: d.Node, File: d.File, Kind: DiskInternal,
+			ID: s.ID, Name: s.Name, VMStateSize: s.VMStateSize, Date: s.Date(), VMClock: s.VMClock(),
+		})
+	}
+	return d
+}
+
+// disksFromBlock turns query-block's devices with a medium into Disks.
+func disksFromBlock(blocks []qemu.BlockDevice) []Disk {
+	var disks []Disk
+	for _, b := range blocks {
+		in := b.Inserted
+		if in == nil {
+			continue
+		}
+		disks = append(disks, diskFromImage(b.Name(), in.Node, in.Driver, in.File, in.ReadOnly, &in.Image))
+	}
+	return disks
+}
+
 // name is how errors and records name the disk.
 func (d Disk) name() string {
 	if d.Device != "" {
@@ -61,104 +101,6 @@ func (d Disk) canSnapshotInternally() bool { return d.Format == "qcow2" && !d.Re
 // canSnapshotExternally reports whether a qcow2 overlay can be put on the
 // disk: any writable image QEMU reports a file name for.
 func (d Disk) canSnapshotExternally() bool { return !d.ReadOnly && d.File != "" && d.Node != "" }
-
-type qmpImageInfo struct {
-	Filename    string `json:"filename"`
-	Format      string `json:"format"`
-	VirtualSize uint64 `json:"virtual-size"`
-	Snapshots   []struct {
-		ID          string `json:"id"`
-		Name        string `json:"name"`
-		VMStateSize uint64 `json:"vm-state-size"`
-		DateSec     int64  `json:"date-sec"`
-		DateNsec    int64  `json:"date-nsec"`
-		VMClockSec  int64  `json:"vm-clock-sec"`
-		VMClockNsec int64  `json:"vm-clock-nsec"`
-	} `json:"snapshots"`
-	BackingImage *qmpImageInfo `json:"backing-image"`
-}
-
-type qmpBlockInfo struct {
-	Device   string `json:"device"`
-	QDev     string `json:"qdev"`
-	Inserted *struct {
-		NodeName string       `json:"node-name"`
-		Drv      string       `json:"drv"`
-		File     string       `json:"file"`
-		RO       bool         `json:"ro"`
-		Image    qmpImageInfo `json:"image"`
-	} `json:"inserted"`
-}
-
-// qdevName turns "/machine/peripheral/dev0/virtio-backend" into "dev0".
-func qdevName(qdev string) string {
-	if !strings.HasPrefix(qdev, "/") {
-		return qdev
-	}
-	parts := strings.Split(strings.Trim(qdev, "/"), "/")
-	for i, p := range parts {
-		if (p == "peripheral" || p == "peripheral-anon") && i+1 < len(parts) {
-			return parts[i+1]
-		}
-	}
-	return parts[len(parts)-1]
-}
-
-// queryDisks returns the domain's block devices with media, from one
-// query-block.
-func queryDisks(ctx context.Context, mon qmp.Monitor) ([]Disk, error) {
-	var blocks []qmpBlockInfo
-	if err := mon.Execute(ctx, "query-block", nil, &blocks); err != nil {
-		return nil, err
-	}
-	var disks []Disk
-	for _, b := range blocks {
-		if b.Inserted == nil {
-			continue
-		}
-		in := b.Inserted
-		d := Disk{
-			Device:   b.Device,
-			Node:     in.NodeName,
-			Format:   in.Drv,
-			File:     in.File,
-			ReadOnly: in.RO,
-		}
-		if d.Device == "" {
-			d.Device = qdevName(b.QDev)
-		}
-		if in.Image.Filename != "" {
-			d.File = in.Image.Filename
-		}
-		d.VirtualSize = in.Image.VirtualSize
-		for bi := in.Image.BackingImage; bi != nil; bi = bi.BackingImage {
-			d.Backing = append(d.Backing, bi.Filename)
-			for _, s := range bi.Snapshots {
-				if d.Buried == nil {
-					d.Buried = map[string]string{}
-				}
-				if _, seen := d.Buried[s.Name]; !seen {
-					d.Buried[s.Name] = bi.Filename
-				}
-			}
-		}
-		for _, s := range in.Image.Snapshots {
-			d.Snapshots = append(d.Snapshots, DiskSnapshot{
-				Device:      d.Device,
-				Node:        d.Node,
-				File:        d.File,
-				Kind:        DiskInternal,
-				ID:          s.ID,
-				Name:        s.Name,
-				VMStateSize: s.VMStateSize,
-				Date:        time.Unix(s.DateSec, s.DateNsec),
-				VMClock:     time.Duration(s.VMClockSec)*time.Second + time.Duration(s.VMClockNsec),
-			})
-		}
-		disks = append(disks, d)
-	}
-	return disks, nil
-}
 
 // buried returns, for each of snaps whose internal snapshot tag is not in
 // its disk's top image but in a backing image (an external snapshot was
@@ -207,6 +149,15 @@ func snapshotNodes(snaps []DiskSnapshot) []string {
 	return nodes
 }
 
+// nodeNames returns the node names of disks.
+func nodeNames(disks []Disk) []string {
+	nodes := make([]string, len(disks))
+	for i, dk := range disks {
+		nodes[i] = dk.Node
+	}
+	return nodes
+}
+
 // selectDisks picks the disks named in want (by device, node or file), or
 // every disk that keep accepts when want is empty.
 func selectDisks(all []Disk, want []string, keep func(Disk) bool) ([]Disk, error) {
@@ -246,34 +197,21 @@ func selectDisks(all []Disk, want []string, keep func(Disk) bool) ([]Disk, error
 	return out, nil
 }
 
-// snapInternalDisks takes an internal snapshot named tag of every disk in
-// one transaction: all or none.
-func snapInternalDisks(ctx context.Context, mon qmp.Monitor, disks []Disk, tag string) error {
-	type action struct {
-		Type string         `json:"type"`
-		Data map[string]any `json:"data"`
-	}
-	actions := make([]action, len(disks))
-	for i, d := range disks {
-		actions[i] = action{Type: "blockdev-snapshot-internal-sync", Data: map[string]any{"device": d.Node, "name": tag}}
-	}
-	return mon.Execute(ctx, "transaction", map[string]any{"actions": actions}, nil)
-}
-
-// deleteInternalDisks removes the internal snapshot tag from each disk, one
-// command per disk (QEMU cannot do this in a transaction). It returns the
-// disks that still hold the snapshot and the per-disk errors combined.
-func deleteInternalDisks(ctx context.Context, mon qmp.Monitor, disks []DiskSnapshot, tag string) ([]DiskSnapshot, error) {
-	var left []DiskSnapshot
-	var errs *multierror.Error
-	for _, d := range disks {
-		err := mon.Execute(ctx, "blockdev-snapshot-delete-internal-sync", map[string]any{"device": d.Node, "name": tag}, nil)
-		if err != nil && !isSnapshotMissing(err) {
-			left = append(left, d)
-			errs = multierror.Append(errs, &DiskError{Disk: diskLabel(d), Err: err})
+// matchDisk finds the disk that ds was taken of: same node, else same
+// device, else same image file (node names change when QEMU restarts).
+func matchDisk(disks []Disk, ds DiskSnapshot) (Disk, bool) {
+	for _, by := range []func(Disk) bool{
+		func(d Disk) bool { return ds.Node != "" && d.Node == ds.Node && d.File == ds.File },
+		func(d Disk) bool { return ds.Device != "" && d.Device == ds.Device },
+		func(d Disk) bool { return ds.File != "" && d.File == ds.File },
+	} {
+		for _, d := range disks {
+			if by(d) {
+				return d, true
+			}
 		}
 	}
-	return left, errs.ErrorOrNil()
+	return Disk{}, false
 }
 
 func diskLabel(d DiskSnapshot) string {
@@ -281,15 +219,4 @@ func diskLabel(d DiskSnapshot) string {
 		return d.Device
 	}
 	return d.Node
-}
-
-// isSnapshotMissing reports whether err says the snapshot is not on the disk
-// (so deleting it is already done).
-func isSnapshotMissing(err error) bool {
-	var qe *qmp.Error
-	if !errors.As(err, &qe) {
-		return false
-	}
-	d := strings.ToLower(qe.Desc)
-	return strings.Contains(d, "not found") && strings.Contains(d, "snapshot")
 }

@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
-	"github.com/vmsnap/vmsnap/hmp"
+	"github.com/vmsnap/vmsnap/internal/qemu"
+	"github.com/vmsnap/vmsnap/internal/qemuimg"
 	"github.com/vmsnap/vmsnap/qmp"
 	"github.com/vmsnap/vmsnap/store"
 )
@@ -67,10 +69,14 @@ type Domain struct {
 	mon      qmp.Monitor // nil when the domain is shut off
 	features *qmp.Features
 	bgProbe  *bool // background-snapshot support, probed once per QEMU
-}
+	// images reads and changes the disks: through mon, or with qemu-img
+	// when the domain is shut off. vmstate saves, loads and deletes
+	// internal memory states (nil when shut off).
+	images  images
+	vmstate *qemu.VMState
 
-// nilUUID is what QEMU reports when started without -uuid.
-const nilUUID = "00000000-0000-0000-0000-000000000000"
+	img qemuimg.Runner // qemu-img, for image files outside QEMU
+}
 
 // Open binds a running domain: its monitor, its UUID (from query-uuid when
 // opts.UUID is empty) and its store. It probes QEMU's features once.
@@ -86,24 +92,29 @@ func Open(ctx context.Context, mon qmp.Monitor, opts Options) (*Domain, error) {
 	if err != nil {
 		return nil, &Error{Op: "open", Domain: opts.UUID, Err: fmt.Errorf("probe QEMU: %w", err)}
 	}
+	qemuUUID, err := qemu.UUID(ctx, mon)
+	if err != nil {
+		return nil, &Error{Op: "open", Err: fmt.Errorf("query-uuid: %w", err)}
+	}
 	uuid := opts.UUID
-	if uuid == "" {
-		var r struct {
-			UUID string `json:"UUID"`
-		}
-		if err := mon.Execute(ctx, "query-uuid", nil, &r); err != nil {
-			return nil, &Error{Op: "open", Err: fmt.Errorf("query-uuid: %w", err)}
-		}
-		if r.UUID == "" || r.UUID == nilUUID {
+	switch {
+	case qemuUUID == "" || qemuUUID == qemu.NilUUID:
+		if uuid == "" {
 			return nil, &Error{Op: "open", Err: fmt.Errorf("%w: QEMU was started without -uuid; give the domain's UUID in Options.UUID", ErrInvalidDomain)}
 		}
-		uuid = r.UUID
+	case uuid == "":
+		uuid = qemuUUID
+	case !strings.EqualFold(uuid, qemuUUID):
+		// Filing this domain's snapshots under another domain's records
+		// would mix the two.
+		return nil, &Error{Op: "open", Domain: uuid, Err: fmt.Errorf("%w: Options.UUID is %s but QEMU reports %s", ErrInvalidDomain, uuid, qemuUUID)}
 	}
 	d, err := newDomain(mon, uuid, opts)
 	if err != nil {
 		return nil, err
 	}
 	d.features = feat
+	d.vmstate = qemu.NewVMState(mon, feat)
 	return d, nil
 }
 
@@ -147,9 +158,15 @@ func newDomain(mon qmp.Monitor, uuid string, opts Options) (*Domain, error) {
 		st = fs
 	}
 	if opts.QemuImg == "" {
-		opts.QemuImg = "qemu-img"
+		opts.QemuImg = qemuimg.DefaultBinary
 	}
-	return &Domain{mon: mon, uuid: uuid, store: st, opts: opts}, nil
+	d := &Domain{mon: mon, uuid: uuid, store: st, opts: opts, img: qemuimg.Runner{Binary: opts.QemuImg}}
+	if mon != nil {
+		d.images = qmpImages{mon: mon}
+	} else {
+		d.images = fileImages{img: d.img, files: opts.Disks}
+	}
+	return d, nil
 }
 
 // fileStoreRoot returns the root directory of the domain's store when it
@@ -187,6 +204,7 @@ func (d *Domain) setMonitor(ctx context.Context, mon qmp.Monitor) error {
 	}
 	d.mu.Lock()
 	d.mon, d.features, d.bgProbe = mon, feat, nil
+	d.images, d.vmstate = qmpImages{mon: mon}, qemu.NewVMState(mon, feat)
 	d.mu.Unlock()
 	return nil
 }
@@ -216,8 +234,11 @@ func ValidateName(name string) error {
 
 // guestState reads whether the guest runs.
 func (d *Domain) guestState(ctx context.Context) (qmp.Status, error) {
-	return qmp.QueryStatus(ctx, d.mon)
+	return qemu.Status(ctx, d.mon)
 }
+
+// disks returns the domain's disks as the bound images seam sees them.
+func (d *Domain) disks(ctx context.Context) ([]Disk, error) { return d.images.disks(ctx) }
 
 // restoreRunning makes a guest that was running before an operation run
 // again. It uses its own short context: it must happen even when the
@@ -228,23 +249,8 @@ func (d *Domain) restoreRunning(ctx context.Context, wasRunning bool) error {
 	}
 	cctx, cancel := cleanupContext(ctx, cleanupResume)
 	defer cancel()
-	st, err := d.guestState(cctx)
-	if err != nil {
-		return fmt.Errorf("resume guest: %w", err)
-	}
-	if st.Running {
-		return nil
-	}
-	if err := d.mon.Execute(cctx, "cont", nil, nil); err != nil {
+	if err := qemu.EnsureRunning(cctx, d.mon); err != nil {
 		return fmt.Errorf("resume guest: %w", err)
 	}
 	return nil
-}
-
-// hmpErr maps the name check the HMP helpers apply onto ErrInvalidName.
-func hmpErr(err error) error {
-	if errors.Is(err, hmp.ErrUnsafeName) {
-		return fmt.Errorf("%w: %w", ErrInvalidName, err)
-	}
-	return err
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strings"
 
+	"github.com/vmsnap/vmsnap/internal/qemu"
 	"github.com/vmsnap/vmsnap/internal/sentinel"
 )
 
@@ -74,15 +75,9 @@ func (e *Error) Unwrap() error { return e.Err }
 
 // JobError is a QEMU job (snapshot-save, snapshot-load, snapshot-delete, a
 // block job) that concluded with an error; QEMU reports the message only in
-// query-jobs.
-type JobError struct {
-	ID   string // job id
-	Type string // job type, e.g. "snapshot-save"
-	Msg  string // QEMU's error message
-}
-
-// Error returns QEMU's message with the job's id and type.
-func (e *JobError) Error() string { return fmt.Sprintf("job %s (%s) failed: %s", e.ID, e.Type, e.Msg) }
+// query-jobs. Its fields are ID (the job id), Type (e.g. "snapshot-save")
+// and Msg (QEMU's message).
+type JobError = qemu.JobError
 
 // DiskError is the failure of one disk in a per-disk operation; several are
 // combined with go-multierror.

@@ -2,7 +2,6 @@ package vmsnap
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -10,9 +9,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 
+	"github.com/vmsnap/vmsnap/internal/migrate"
+	"github.com/vmsnap/vmsnap/internal/qemu"
 	"github.com/vmsnap/vmsnap/qmp"
 	"github.com/vmsnap/vmsnap/store"
 )
@@ -41,60 +41,6 @@ func overlayPath(image, name, purpose string) string {
 	return filepath.Join(dir, stem+"."+purpose+fileNameFor(name)+".qcow2")
 }
 
-// newNodeName makes a block node name QEMU accepts (a letter, then at most
-// 30 of [A-Za-z0-9_-]) that no other node has.
-func newNodeName() string {
-	var b [8]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		panic(err) // crypto/rand does not fail on Linux
-	}
-	return "vmsnap-" + hex.EncodeToString(b[:])
-}
-
-// createOverlay creates path as a new qcow2 image backed by base (of format
-// baseFormat) with the given virtual size. The file is created 0600 and
-// exclusively first, so an existing file is never overwritten; qemu-img
-// then formats it without opening the backing file (QEMU holds it).
-func (d *Domain) createOverlay(ctx context.Context, path, base, baseFormat string, size uint64) error {
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
-	if err != nil {
-		if errors.Is(err, os.ErrExist) {
-			return fmt.Errorf("%w: overlay %s exists already", ErrExists, path)
-		}
-		return fmt.Errorf("create overlay: %w", err)
-	}
-	f.Close()
-	if baseFormat == "" {
-		baseFormat = "qcow2"
-	}
-	err = d.qemuImg(ctx, "create", "-q", "-f", "qcow2", "-u", "-F", baseFormat, "-b", base, "--", path, strconv.FormatUint(size, 10))
-	if err != nil {
-		os.Remove(path)
-		return fmt.Errorf("create overlay %s: %w", path, err)
-	}
-	return nil
-}
-
-// snapExternalDisks puts each disk's prepared overlay on top of it in one
-// transaction (blockdev-snapshot-sync, mode existing): all or none.
-func snapExternalDisks(ctx context.Context, mon qmp.Monitor, disks []Disk, overlays []string) error {
-	type action struct {
-		Type string         `json:"type"`
-		Data map[string]any `json:"data"`
-	}
-	actions := make([]action, len(disks))
-	for i, dk := range disks {
-		actions[i] = action{Type: "blockdev-snapshot-sync", Data: map[string]any{
-			"node-name":          dk.Node,
-			"snapshot-file":      overlays[i],
-			"snapshot-node-name": newNodeName(),
-			"format":             "qcow2",
-			"mode":               "existing",
-		}}
-	}
-	return mon.Execute(ctx, "transaction", map[string]any{"actions": actions}, nil)
-}
-
 // planExternal fills s.Disks with each disk's frozen image and the overlay
 // to create, and returns the overlays' paths. A path that exists already
 // (a file vmsnap did not make for this snapshot) is refused with ErrExists
@@ -111,11 +57,11 @@ func planExternal(s *DomainSnapshot, disks []Disk) ([]string, error) {
 	return overlays, nil
 }
 
-// createOverlays creates the planned overlay files; on error it removes
-// the ones it created.
+// createOverlays creates the planned overlay files (0600, never over an
+// existing file); on error it removes the ones it created.
 func (d *Domain) createOverlays(ctx context.Context, disks []Disk, overlays []string) error {
 	for i, dk := range disks {
-		if err := d.createOverlay(ctx, overlays[i], dk.File, dk.Format, dk.VirtualSize); err != nil {
+		if err := d.img.CreateOverlay(ctx, overlays[i], dk.File, dk.Format, dk.VirtualSize); err != nil {
 			removeFiles(overlays[:i])
 			return &DiskError{Disk: dk.name(), Err: err}
 		}
@@ -173,19 +119,19 @@ func (d *Domain) memoryPath(name string) (string, error) {
 
 // liveMode chooses how a Live snapshot writes memory: background-snapshot
 // when QEMU and the host kernel support it (probed once), else pre-copy.
-func (d *Domain) liveMode(ctx context.Context) memoryMode {
+func (d *Domain) liveMode(ctx context.Context) migrate.Mode {
 	if d.opts.NoBackgroundSnapshot {
-		return memoryPrecopy
+		return migrate.Precopy
 	}
 	if d.bgProbe == nil {
-		ok, err := backgroundSnapshotSupported(ctx, d.mon, d.features)
+		ok, err := migrate.BackgroundSupported(ctx, d.mon, d.features)
 		ok = ok && err == nil
 		d.bgProbe = &ok
 	}
 	if *d.bgProbe {
-		return memoryBackground
+		return migrate.Background
 	}
-	return memoryPrecopy
+	return migrate.Precopy
 }
 
 const labelMemoryMode = "vmsnap.memory-mode"
@@ -199,7 +145,7 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 	if err != nil {
 		return err
 	}
-	mode := memoryStopped
+	mode := migrate.Stopped
 	labels := map[string]string{}
 	if c.plan.kind == kindExternalFull {
 		path, err := d.memoryPath(s.Name)
@@ -233,7 +179,11 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 	snapped := false
 	snapDisks := func(ctx context.Context) error {
 		c.op.setPhase(PhaseSnappingDisks)
-		if err := snapExternalDisks(ctx, d.mon, c.disks, overlays); err != nil {
+		ov := make([]qemu.Overlay, len(c.disks))
+		for i, dk := range c.disks {
+			ov[i] = qemu.Overlay{Node: dk.Node, File: overlays[i]}
+		}
+		if _, err := qemu.SnapExternal(ctx, d.mon, ov); err != nil {
 			return err
 		}
 		snapped = true
@@ -246,8 +196,8 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 		takeErr = snapDisks(ctx)
 	} else {
 		c.op.setPhase(PhaseSavingMemory)
-		var res memorySaveResult
-		res, takeErr = saveMemory(ctx, d.mon, d.features, s.Memory.File, mode, c.op.setBytes, snapDisks)
+		var res migrate.Result
+		res, takeErr = migrate.Save(ctx, d.mon, d.features, s.Memory.File, mode, c.op.setBytes, snapDisks)
 		saved = takeErr == nil
 		s.Downtime = res.Downtime
 		if takeErr == nil && res.Mode != mode {
@@ -331,7 +281,7 @@ func (d *Domain) unsnapExternal(ctx context.Context, s *DomainSnapshot) error {
 				errs = append(errs, &DiskError{Disk: dk.name(), Err: fmt.Errorf("no node for %s", ds.File)})
 				continue
 			}
-			if err := d.blockCommit(ctx, dk.Node, "", base); err != nil {
+			if err := qemu.BlockCommit(ctx, d.mon, dk.Node, "", base); err != nil {
 				errs = append(errs, &DiskError{Disk: dk.name(), Err: err})
 			}
 		}
@@ -341,34 +291,9 @@ func (d *Domain) unsnapExternal(ctx context.Context, s *DomainSnapshot) error {
 
 // nodesByFile maps each image file QEMU has open to its format node.
 func (d *Domain) nodesByFile(ctx context.Context) (map[string]string, error) {
-	var nodes []struct {
-		NodeName string `json:"node-name"`
-		Drv      string `json:"drv"`
-		File     string `json:"file"`
-	}
-	if err := d.mon.Execute(ctx, "query-named-block-nodes", map[string]any{"flat": true}, &nodes); err != nil {
+	nodes, err := qemu.NamedNodes(ctx, d.mon)
+	if err != nil {
 		return nil, err
 	}
-	out := map[string]string{}
-	for _, n := range nodes {
-		if n.Drv == "file" || n.Drv == "host_device" || n.NodeName == "" {
-			continue
-		}
-		if _, seen := out[n.File]; !seen {
-			out[n.File] = n.NodeName
-		}
-	}
-	return out, nil
-}
-
-// blockCommit merges the layers above base into base. With top empty it
-// is an active commit of device's whole chain above base (job-complete on
-// ready); otherwise top, an intermediate node, is merged and QEMU points
-// its overlay at base.
-func (d *Domain) blockCommit(ctx context.Context, device, top, base string) error {
-	args := map[string]any{"device": device, "base-node": base, "auto-dismiss": false}
-	if top != "" {
-		args["top-node"] = top
-	}
-	return runJobSpec(ctx, d.mon, jobSpec{id: newJobID("commit"), command: "block-commit", args: args, completeWhenReady: top == ""})
+	return qemu.FormatNodesByFile(nodes), nil
 }

@@ -2,13 +2,13 @@ package vmsnap
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"slices"
 
+	"github.com/vmsnap/vmsnap/internal/qemu"
+	"github.com/vmsnap/vmsnap/internal/qemuimg"
 	"github.com/vmsnap/vmsnap/store"
 )
 
@@ -31,43 +31,6 @@ import (
 // active commit completed with job-complete when the child is the active
 // layer, an intermediate commit otherwise. Offline it is qemu-img commit,
 // then qemu-img rebase -u of the child's children onto F.
-
-// imageFacts is what qemu-img info says of an image (-U: QEMU may hold
-// it): its format, backing file and internal snapshots.
-type imageFacts struct {
-	Format    string
-	Backing   string
-	Snapshots []string
-}
-
-func (d *Domain) imageFacts(ctx context.Context, file string) (imageFacts, error) {
-	out, err := d.qemuImgOutput(ctx, "info", "--output=json", "-U", "--", file)
-	if err != nil {
-		return imageFacts{}, err
-	}
-	var info struct {
-		Format    string `json:"format"`
-		Full      string `json:"full-backing-filename"`
-		Backing   string `json:"backing-filename"`
-		Snapshots []struct {
-			Name string `json:"name"`
-		} `json:"snapshots"`
-	}
-	if err := json.Unmarshal(out, &info); err != nil {
-		return imageFacts{}, fmt.Errorf("qemu-img info %s: %w", file, err)
-	}
-	f := imageFacts{Format: info.Format, Backing: info.Full}
-	if f.Backing == "" {
-		f.Backing = info.Backing
-	}
-	if f.Backing != "" && !filepath.IsAbs(f.Backing) {
-		f.Backing = filepath.Join(filepath.Dir(file), f.Backing)
-	}
-	for _, s := range info.Snapshots {
-		f.Snapshots = append(f.Snapshots, s.Name)
-	}
-	return f, nil
-}
 
 // imagesInUse returns the images that must stay as they are: those in
 // QEMU's chains and those the records other than skip name (frozen images
@@ -104,12 +67,12 @@ func (d *Domain) deleteExternal(ctx context.Context, r *store.Record, disks []Di
 	}
 	// backing of every image vmsnap knows of that still exists.
 	backing := map[string]string{}
-	facts := map[string]imageFacts{}
+	facts := map[string]*qemuimg.Info{}
 	for f := range imagesInUse(disks, recs, "") {
 		if _, err := os.Stat(f); err != nil {
 			continue
 		}
-		fa, err := d.imageFacts(ctx, f)
+		fa, err := d.img.Info(ctx, f)
 		if err != nil {
 			return err
 		}
@@ -182,7 +145,7 @@ func (d *Domain) deleteExternal(ctx context.Context, r *store.Record, disks []Di
 				return &DiskError{Disk: diskLabel(ds), Err: fmt.Errorf("%w: image %s is also the frozen image of snapshot %v; merging %s into it would change that snapshot", ErrInconsistent, ds.File, other, liveKids[0])}
 			}
 			m.child = liveKids[0]
-			if sn := facts[m.child].Snapshots; len(sn) > 0 {
+			if sn := snapshotTags(facts[m.child]); len(sn) > 0 {
 				return &DiskError{Disk: diskLabel(ds), Err: fmt.Errorf("%w: overlay %s holds internal snapshots %v that a merge would destroy; delete them first", ErrUnsupported, m.child, sn)}
 			}
 			m.kids = children(m.child)
@@ -255,11 +218,11 @@ func (d *Domain) mergeOverlay(ctx context.Context, base, overlay string, kids []
 		}
 		var err error
 		if dk.File == overlay {
-			err = d.blockCommit(ctx, dk.Node, "", baseNode)
+			err = qemu.BlockCommit(ctx, d.mon, dk.Node, "", baseNode)
 		} else if top, ok := nodes[overlay]; !ok {
 			err = fmt.Errorf("QEMU has no node for %s", overlay)
 		} else {
-			err = d.blockCommit(ctx, dk.Node, top, baseNode)
+			err = qemu.BlockCommit(ctx, d.mon, dk.Node, top, baseNode)
 		}
 		if err != nil {
 			return err
@@ -281,7 +244,7 @@ func (d *Domain) mergeOverlay(ctx context.Context, base, overlay string, kids []
 			return fmt.Errorf("%w: %s is backed by %s but QEMU does not have that open", ErrInconsistent, k, overlay)
 		}
 	}
-	if err := d.qemuImg(ctx, "commit", "-q", "-d", "--", overlay); err != nil {
+	if err := d.img.Commit(ctx, overlay); err != nil {
 		return err
 	}
 	for _, k := range kids {
@@ -295,14 +258,22 @@ func (d *Domain) mergeOverlay(ctx context.Context, base, overlay string, kids []
 // rebase points image at base without copying data (qemu-img rebase -u):
 // base already holds what image's old backing file held.
 func (d *Domain) rebase(ctx context.Context, image, base string) error {
-	baseFmt := "qcow2"
-	if fa, err := d.imageFacts(ctx, base); err == nil {
-		baseFmt = fa.Format
-	}
-	if err := d.qemuImg(ctx, "rebase", "-q", "-u", "-F", baseFmt, "-b", base, "--", image); err != nil {
+	if err := d.img.Rebase(ctx, image, base, ""); err != nil {
 		return fmt.Errorf("rebase %s onto %s: %w", image, base, err)
 	}
 	return nil
+}
+
+// snapshotTags returns the tags of the internal snapshots info lists.
+func snapshotTags(info *qemuimg.Info) []string {
+	if info == nil {
+		return nil
+	}
+	var out []string
+	for _, s := range info.Snapshots {
+		out = append(out, s.Name)
+	}
+	return out
 }
 
 func (d *Domain) inUse(disks []Disk, file string) bool {

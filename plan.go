@@ -3,6 +3,7 @@ package vmsnap
 import (
 	"fmt"
 
+	"github.com/vmsnap/vmsnap/internal/qemu"
 	"github.com/vmsnap/vmsnap/qmp"
 )
 
@@ -43,7 +44,7 @@ func (d *Domain) env() env {
 		memoryDir: d.opts.MemoryDir != "" || d.fileStoreRoot() != "",
 	}
 	if e.online {
-		e.jobs = d.features != nil && d.features.Has("snapshot-save") && d.features.Has("snapshot-load") && d.features.Has("snapshot-delete")
+		e.jobs = d.vmstate != nil && d.vmstate.Backend() == qemu.BackendJobs
 		_, e.fds = d.mon.(qmp.FileSender)
 	}
 	return e

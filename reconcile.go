@@ -5,8 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"time"
+	"path/filepath"
 
+	"github.com/vmsnap/vmsnap/internal/migrate"
 	"github.com/vmsnap/vmsnap/store"
 )
 
@@ -114,7 +115,7 @@ func (d *Domain) reconcileCreate(ctx context.Context, r *store.Record, disks []D
 		return d.commit(ctx, s)
 	}
 	if len(have) > 0 {
-		if _, err := d.deleteInternal(ctx, have, s.Name); err != nil {
+		if _, err := d.images.deleteInternal(ctx, have, s.Name); err != nil {
 			return fmt.Errorf("remove partial snapshot: %w", err)
 		}
 	}
@@ -137,23 +138,30 @@ func (d *Domain) reconcileDelete(ctx context.Context, r *store.Record, disks []D
 		return errBuried(b)
 	}
 	if have := holding(disks, s.Disks, s.Name); len(have) > 0 {
-		if left, err := d.deleteInternal(ctx, have, s.Name); err != nil {
+		if left, err := d.images.deleteInternal(ctx, have, s.Name); err != nil {
 			return d.keepPartial(ctx, r, left, err)
 		}
 	}
 	return d.removeRecord(ctx, s.Name)
 }
 
-// reconcileCreateExternal settles an external create cut short. If the
-// overlays are on the disks, the disk part happened; whether the memory
-// file was completed cannot be told from the file, so the snapshot is
-// committed as disk-only (what it surely is) and the memory file goes. If
-// no overlay is on a disk, the files the attempt made go with the record.
+// reconcileCreateExternal settles an external create cut short. A memory
+// save QEMU still runs is settled first (internal/migrate: a background
+// snapshot is let finish, since cancelling it would leave that QEMU unable
+// to take memory snapshots; other saves are cancelled). If the overlays
+// are on the disks, the disk part happened; the memory file is kept, and
+// the snapshot committed as full, when QEMU completed the save and the file
+// holds a whole migration stream; otherwise the snapshot is committed as
+// disk-only (what it surely is) and the memory file goes. If no overlay is
+// on a disk, the files the attempt made go with the record.
 func (d *Domain) reconcileCreateExternal(ctx context.Context, r *store.Record, s *DomainSnapshot, disks []Disk) error {
+	memoryWhole := false
 	if s.Memory.Kind == MemoryExternal && d.online() {
-		if err := d.settleMigration(ctx); err != nil {
+		st, err := migrate.Settle(ctx, d.mon)
+		if err != nil {
 			return err
 		}
+		memoryWhole = st.Outcome == migrate.Completed && migrate.StreamComplete(s.Memory.File) == nil
 	}
 	done, none := externalDone(s, disks)
 	if r.Labels[labelGuestWasRunning] == "true" {
@@ -162,6 +170,12 @@ func (d *Domain) reconcileCreateExternal(ctx context.Context, r *store.Record, s
 		}
 	}
 	switch {
+	case done && memoryWhole:
+		if err := syncFile(s.Memory.File); err != nil {
+			return fmt.Errorf("memory file: %w", err)
+		}
+		s.Problems = nil
+		return d.commit(ctx, s)
 	case done:
 		if s.Memory.File != "" {
 			os.Remove(s.Memory.File)
@@ -182,43 +196,21 @@ func (d *Domain) reconcileCreateExternal(ctx context.Context, r *store.Record, s
 	return fmt.Errorf("%w: only some disks have the snapshot's overlay on top", ErrInconsistent)
 }
 
-// settleMigration stops a memory save that a crash left running in QEMU
-// (when it completed, QEMU would pause a guest that runs) and turns off
-// the capabilities a save turns on that would get in the way of the next
-// migration (background-snapshot, pause-before-switchover). The other
-// settings a save changes (max-bandwidth, capabilities it turned off)
-// were not recorded and stay as the save left them.
-func (d *Domain) settleMigration(ctx context.Context) error {
-	info, err := queryMigrate(ctx, d.mon)
+// syncFile flushes a file another process wrote to stable storage, and
+// its directory entry.
+func syncFile(path string) error {
+	f, err := os.Open(path)
 	if err != nil {
 		return err
 	}
-	if info.Status != "" && info.Status != "none" && !info.ended() {
-		if err := d.mon.Execute(ctx, "migrate_cancel", nil, nil); err != nil {
-			return fmt.Errorf("cancel the interrupted memory save: %w", err)
-		}
-		for deadline := time.Now().Add(30 * time.Second); ; {
-			if info, err = queryMigrate(ctx, d.mon); err != nil {
-				return err
-			}
-			if info.ended() {
-				break
-			}
-			if time.Now().After(deadline) {
-				return fmt.Errorf("%w: the interrupted memory save did not stop (status %s)", ErrBusy, info.Status)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return err
 	}
-	caps, err := queryCapabilities(ctx, d.mon)
+	dir, err := os.Open(filepath.Dir(path))
 	if err != nil {
 		return err
 	}
-	off := map[string]bool{}
-	for _, c := range []string{capBackgroundSnapshot, capPauseBeforeSwitchover} {
-		if caps[c] {
-			off[c] = false
-		}
-	}
-	return setCapabilities(ctx, d.mon, off)
+	defer dir.Close()
+	return dir.Sync()
 }

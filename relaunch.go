@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/vmsnap/vmsnap/internal/migrate"
 	"github.com/vmsnap/vmsnap/qmp"
 	"github.com/vmsnap/vmsnap/store"
 )
@@ -166,9 +167,9 @@ func (d *Domain) createRevertOverlays(ctx context.Context, s *DomainSnapshot, cr
 		}
 		top := created[i]
 		i++
-		info, err := d.imageInfo(ctx, OfflineDisk{Device: ds.Device, File: ds.File})
+		info, err := d.img.Info(ctx, ds.File)
 		if err == nil {
-			err = d.createOverlay(ctx, top, ds.File, info.Format, info.VirtualSize)
+			err = d.img.CreateOverlay(ctx, top, ds.File, info.Format, info.VirtualSize)
 		}
 		if err != nil {
 			removeFiles(created[:i-1])
@@ -194,18 +195,14 @@ func (d *Domain) finishRelaunch(ctx context.Context, op *Op[*DomainSnapshot], s 
 	if in.Phase == relaunchStopped {
 		// Applied disk by disk under a context that is not cancelled: once
 		// the first disk is reverted, stopping half way would mix times.
-		var applied []string
+		var internal []DiskSnapshot
 		for _, ds := range s.Disks {
-			if ds.Kind != DiskInternal {
-				continue
+			if ds.Kind == DiskInternal {
+				internal = append(internal, ds)
 			}
-			if err := d.qemuImg(context.WithoutCancel(ctx), "snapshot", "-a", s.Name, "--", ds.File); err != nil {
-				if len(applied) > 0 {
-					err = fmt.Errorf("%w (disks %v were already reverted: the disks now hold different points in time; revert again once the cause is fixed)", err, applied)
-				}
-				return nil, d.undoRelaunch(ctx, s.Name, in, true, &DiskError{Disk: diskLabel(ds), Err: err})
-			}
-			applied = append(applied, diskLabel(ds))
+		}
+		if err := applyInternal(ctx, d.img, internal, s.Name); err != nil {
+			return nil, d.undoRelaunch(ctx, s.Name, in, true, err)
 		}
 		mon, err := l.Start(ctx, in.spec(s))
 		if err != nil {
@@ -228,7 +225,7 @@ func (d *Domain) finishRelaunch(ctx context.Context, op *Op[*DomainSnapshot], s 
 		}
 		if st.State == "inmigrate" {
 			op.setPhase(PhaseLoading)
-			if err := loadMemory(ctx, d.mon, s.Memory.File, op.setBytes); err != nil {
+			if err := migrate.Load(ctx, d.mon, s.Memory.File, op.setBytes); err != nil {
 				_ = l.Stop(context.WithoutCancel(ctx), d.mon)
 				return nil, d.undoRelaunch(ctx, s.Name, in, true, fmt.Errorf("load memory: %w", err))
 			}
@@ -367,8 +364,8 @@ func (d *Domain) reconcileRelaunch(ctx context.Context, r *store.Record, in *rel
 
 // usableOverlay reports whether f is a qcow2 image qemu-img can read.
 func (d *Domain) usableOverlay(ctx context.Context, f string) bool {
-	fa, err := d.imageFacts(ctx, f)
-	return err == nil && fa.Format == "qcow2" && fa.Backing != ""
+	info, err := d.img.Info(ctx, f)
+	return err == nil && info.Format == "qcow2" && info.Backing != ""
 }
 
 // recreateRevertOverlays makes again those of the revert's overlays that
@@ -384,9 +381,9 @@ func (d *Domain) recreateRevertOverlays(ctx context.Context, s *DomainSnapshot, 
 		if !slices.Contains(missing, top) {
 			continue
 		}
-		info, err := d.imageInfo(ctx, OfflineDisk{Device: ds.Device, File: ds.File})
+		info, err := d.img.Info(ctx, ds.File)
 		if err == nil {
-			err = d.createOverlay(ctx, top, ds.File, info.Format, info.VirtualSize)
+			err = d.img.CreateOverlay(ctx, top, ds.File, info.Format, info.VirtualSize)
 		}
 		if err != nil {
 			return &DiskError{Disk: diskLabel(ds), Err: err}

@@ -5,12 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
-	"time"
 
+	"github.com/vmsnap/vmsnap/internal/qemu"
 	"github.com/vmsnap/vmsnap/store"
-
-	"github.com/vmsnap/vmsnap/hmp"
 )
 
 // Revert brings the domain back to a snapshot and makes it current.
@@ -86,7 +83,7 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 	switch p.method {
 	case revertOffline:
 		op.setPhase(PhaseLoading)
-		if err := d.revertOffline(ctx, s.Disks, s.Name); err != nil {
+		if err := applyInternal(ctx, d.img, s.Disks, s.Name); err != nil {
 			return nil, err
 		}
 		return d.markCurrent(ctx, s)
@@ -103,7 +100,7 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 	// load happened and leaves the guest as wanted or as it was.
 	jobID := ""
 	if p.vmstate == vmstateJobs {
-		jobID = newJobID("load")
+		jobID = qemu.NewJobID("load")
 	}
 	in := revertIntent{Want: wantRunning, Was: st.Running, Job: jobID}
 	if err := d.setRevertIntent(ctx, s.Name, &in); err != nil {
@@ -113,38 +110,33 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 	// our decision (snapshot-load resumes a guest that ran).
 	if st.Running {
 		op.setPhase(PhasePausing)
-		if err := d.mon.Execute(ctx, "stop", nil, nil); err != nil {
+		if err := qemu.Stop(ctx, d.mon); err != nil {
 			return nil, fmt.Errorf("stop guest: %w", err)
 		}
 	}
 	op.setPhase(PhaseLoading)
-	if p.vmstate == vmstateJobs {
-		// The vmstate is on the disk whose snapshot has a vmstate size; its
-		// node name is the current one (set when the disks were checked).
-		vmstate := s.Memory.Node
-		for _, ds := range s.Disks {
-			if ds.VMStateSize > 0 {
-				vmstate = ds.Node
-			}
+	// The vmstate is on the disk whose snapshot has a vmstate size; its
+	// node name is the current one (set when the disks were checked).
+	vmstate := s.Memory.Node
+	for _, ds := range s.Disks {
+		if ds.VMStateSize > 0 {
+			vmstate = ds.Node
 		}
-		err = runJobSpec(ctx, d.mon, jobSpec{id: jobID, command: "snapshot-load", args: map[string]any{"tag": s.Name, "vmstate": vmstate, "devices": snapshotNodes(s.Disks)}, progress: op.setBytes, keep: true})
-	} else {
-		err = hmpErr(hmp.LoadVM(context.WithoutCancel(ctx), d.mon, s.Name))
 	}
+	err = d.vmstate.Load(ctx, qemu.LoadSpec{Tag: s.Name, VMStateNode: vmstate, Devices: snapshotNodes(s.Disks), KeepJobID: jobID, Progress: op.setBytes})
 	if errors.Is(err, ErrCanceled) {
 		// The load ran to its end before the cancel was seen: past the
 		// point of no return, the revert completes.
 		err = nil
 	}
 	if err != nil {
-		var je *JobError
-		if !errors.As(err, &je) && !errors.Is(err, hmp.ErrSnapshotNotFound) && !errors.Is(err, hmp.ErrDiskOnlySnapshot) && !errors.Is(err, hmp.ErrNoSnapshotDevice) {
+		if !qemu.IsLoadFailure(err) {
 			// The outcome is unknown (the monitor failed, not the load):
 			// the intent stays, and the next operation reads the kept job
 			// to leave the guest as the load's outcome says.
 			return nil, err
 		}
-		if !loadTouchedNothing(err) {
+		if !qemu.LoadTouchedNothing(err) {
 			// QEMU reverts the disks before it loads the memory state: a
 			// failure there leaves disks and memory from different times.
 			// Running that guest could corrupt its filesystems.
@@ -168,28 +160,9 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 	}
 	if jobID != "" {
 		// Kept until now as the evidence reconciliation would read.
-		_ = d.mon.Execute(context.WithoutCancel(ctx), "job-dismiss", map[string]any{"id": jobID}, nil)
+		_ = qemu.Dismiss(context.WithoutCancel(ctx), d.mon, jobID)
 	}
 	return s, d.setRevertIntent(ctx, s.Name, nil)
-}
-
-// loadTouchedNothing reports whether a failed load failed before QEMU
-// changed anything: the snapshot is missing, disk-only, or names no
-// usable device.
-func loadTouchedNothing(err error) bool {
-	if errors.Is(err, hmp.ErrSnapshotNotFound) || errors.Is(err, hmp.ErrDiskOnlySnapshot) || errors.Is(err, hmp.ErrNoSnapshotDevice) {
-		return true
-	}
-	var je *JobError
-	if !errors.As(err, &je) {
-		return false
-	}
-	for _, s := range []string{"does not exist", "disk-only snapshot", "No block device", "is required"} {
-		if strings.Contains(je.Msg, s) {
-			return true
-		}
-	}
-	return false
 }
 
 // revertIntent is kept in the target record's labels while a revert runs.
@@ -236,26 +209,23 @@ func (d *Domain) reconcileRevert(ctx context.Context, r *store.Record) error {
 	loaded := false
 	var failed error
 	if id := r.Labels[labelRevertJob]; id != "" {
-		if j, err := findJob(ctx, d.mon, id); err == nil {
-			for j.Status != "concluded" && j.Status != "null" {
-				select {
-				case <-ctx.Done():
-					return ctx.Err()
-				case <-time.After(jobPollInterval):
-				}
-				if j, err = findJob(ctx, d.mon, id); err != nil {
-					return err
-				}
-			}
+		j, err := qemu.WaitJob(ctx, d.mon, id)
+		switch {
+		case errors.Is(err, qemu.ErrNoJob):
+			// QEMU never started the load (or was restarted): nothing
+			// was loaded.
+		case err != nil:
+			return err
+		default:
 			loaded = j.Error == ""
 			if !loaded {
-				failed = &JobError{ID: id, Type: j.Type, Msg: j.Error}
+				failed = j.Err()
 			}
-			_ = d.mon.Execute(ctx, "job-dismiss", map[string]any{"id": id}, nil)
+			_ = qemu.Dismiss(ctx, d.mon, id)
 		}
 	}
 	running := was
-	if failed != nil && !loadTouchedNothing(failed) {
+	if failed != nil && !qemu.LoadTouchedNothing(failed) {
 		running = false // disks and memory may not match: see revert
 	}
 	if loaded {

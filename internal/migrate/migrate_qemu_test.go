@@ -211,6 +211,9 @@ func TestSaveLoadQEMU(t *testing.T) {
 				t.Fatalf("%v\nQEMU output:\n%s", err, vm.Output())
 			}
 			t.Logf("%v: %d bytes in %v, downtime %v, guest at atStop %s", res.Mode, res.Bytes, res.Duration, res.Downtime, atStopState)
+			if err := StreamComplete(path); err != nil {
+				t.Errorf("the file of a completed %v save: %v", mode, err)
+			}
 			if res.Mode != mode {
 				t.Errorf("mode %v, want %v", res.Mode, mode)
 			}
@@ -284,8 +287,14 @@ func TestLoadQEMURefusesTruncatedFile(t *testing.T) {
 	if _, err := Save(ctx, vm.Mon, feat, path, Stopped, nil, nil); err != nil {
 		t.Fatal(err)
 	}
+	if err := StreamComplete(path); err != nil {
+		t.Fatalf("the file of a completed save: %v", err)
+	}
 	if err := os.Truncate(path, 64<<10); err != nil {
 		t.Fatal(err)
+	}
+	if err := StreamComplete(path); !errors.Is(err, ErrIncompleteStream) {
+		t.Errorf("a truncated file: %v, want ErrIncompleteStream", err)
 	}
 	next := vm.Relaunch(t, "-incoming", "defer")
 	err := Load(ctx, next.Mon, path, nil)

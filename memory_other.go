@@ -1,9 +1,0 @@
-//go:build !linux
-
-package vmsnap
-
-import "os"
-
-// startWriteback does nothing where sync_file_range is missing: the fsync
-// at the end of the save writes everything.
-func startWriteback(*os.File) {}
