@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/vmsnap/vmsnap/internal/fakeqemu"
@@ -135,7 +134,7 @@ func (g *guest) startQEMU(ctx context.Context) error {
 	defer logf.Close()
 	g.cmd = exec.Command("qemu-system-x86_64", argv...)
 	g.cmd.Stdout, g.cmd.Stderr = logf, logf
-	g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	g.cmd.SysProcAttr = dieWithParent()
 	if err := g.cmd.Start(); err != nil {
 		return fmt.Errorf("start qemu-system-x86_64: %w", err)
 	}
