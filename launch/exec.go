@@ -3,9 +3,13 @@
 // vmsnap never guesses a QEMU command line: reverting an external snapshot
 // needs a new QEMU process, and the caller says how to start it by
 // supplying a vmsnap.Launcher. Exec is a Launcher that runs a fixed argv
-// (the domain's own command line), with the disks' top images substituted
-// as each relaunch asks, and connects to the QMP unix socket that argv
-// serves.
+// (the domain's own command line) and connects to the QMP unix socket that
+// argv serves. It parses the argv's block configuration (-drive in all its
+// forms, -hda … -hdd, -pflash, -blockdev in key=value and JSON syntax,
+// -device, -machine pflashN=) and moves each disk a relaunch names onto
+// its new top image with that image's format and backing chain: a qcow2
+// overlay over a raw disk is opened as qcow2 over the raw image, never as
+// raw.
 //
 // SplitCommandLine turns a command line typed by a person into argv words
 // without a shell, and ReadArgvFile reads one word per line from a file;
@@ -22,6 +26,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -50,16 +55,33 @@ type Exec struct {
 	// DiskFiles maps each disk's device (qdev id or block backend name, as
 	// vmsnap names disks) to the image path that appears in Argv for it,
 	// as a word of its own or as an option value (filename=/x/a.qcow2,
-	// with QEMU's ",," escaping of commas).
+	// with QEMU's ",," escaping of commas). It is optional: Exec finds a
+	// disk of a LaunchSpec in Argv by its device (the -device id=, or the
+	// -drive's block backend name: id= or "ide0-hd0", "virtio0", …) or its
+	// node name (-blockdev node-name=), and uses DiskFiles only for a disk
+	// it knows by neither.
 	DiskFiles map[string]string
 	// Pid is the running QEMU's process id, when this Exec did not start
 	// it; Stop waits for it to exit after quit. Zero means unknown:
 	// Stop then waits until Socket stops accepting connections.
 	Pid int
-	// Stdout and Stderr receive the new process's output; nil means a
-	// private file that Start reads to explain a process that died
-	// before its monitor answered, and unlinks afterwards.
+	// Stdout and Stderr receive the new process's output. When both are
+	// nil, the output goes to a file that Start reads to explain a process
+	// that died before its monitor answered: in LogDir when set, else a
+	// temporary file that Start removes before it returns.
 	Stdout, Stderr io.Writer
+	// LogDir, when set and Stdout and Stderr are nil, keeps QEMU's output
+	// in LogDir/qemu.log (created with mode 0600): each Start appends a
+	// line naming the time and the command line, then the process's
+	// output. A process that fails to start has its output
+	// quoted in the error and kept there. Callers should point LogDir at
+	// the domain's own directory (next to its images and snapshot store),
+	// so no file is left where nothing names it.
+	LogDir string
+	// QemuImg is the qemu-img binary used to inspect a disk's new image
+	// (its format and backing chain) before a relaunch; "" means
+	// "qemu-img" in PATH.
+	QemuImg string
 	// Dir is the new process's working directory ("" means the caller's).
 	Dir string
 	// QuitTimeout bounds how long Stop waits for the old process to
@@ -123,22 +145,35 @@ func (e *Exec) Stop(ctx context.Context, old qmp.Monitor) error {
 func (e *Exec) Start(ctx context.Context, spec vmsnap.LaunchSpec) (qmp.Monitor, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	base, files, err := e.plan(spec)
+	base, files, err := e.plan(ctx, spec)
 	if err != nil {
 		return nil, err
 	}
 	return e.startPlanned(ctx, base, files, spec.ExtraArgs)
 }
 
-// CheckLaunch implements vmsnap.LaunchChecker: it reports whether Start
-// could carry out spec — a complete command line serving Socket, and every
-// disk of spec known in DiskFiles with a non-empty new image — without
-// starting or stopping anything.
+// CheckLaunch implements vmsnap.LaunchChecker: it builds the whole
+// command line Start would run for spec, without starting or stopping
+// anything, and reports why it cannot: an incomplete command line (no
+// binary, no QMP socket), a disk of spec that no -drive, -blockdev or
+// -device of the command line declares, a new top image that is missing,
+// whose backing chain does not open (qemu-img info --backing-chain), or
+// that the disk's declaration cannot be moved to (snapshot=on, a json:
+// pseudo-file, a network protocol). Errors wrap ErrLaunch.
 func (e *Exec) CheckLaunch(ctx context.Context, spec vmsnap.LaunchSpec) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	_, _, err := e.plan(spec)
+	_, _, err := e.plan(ctx, spec)
 	return err
+}
+
+// Plan returns the command line Start would run for spec (without
+// spec.ExtraArgs), checked as CheckLaunch checks it.
+func (e *Exec) Plan(ctx context.Context, spec vmsnap.LaunchSpec) ([]string, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	argv, _, err := e.plan(ctx, spec)
+	return argv, err
 }
 
 // Relaunch is Stop followed by Start, with the command line checked and
@@ -147,7 +182,7 @@ func (e *Exec) CheckLaunch(ctx context.Context, spec vmsnap.LaunchSpec) error {
 func (e *Exec) Relaunch(ctx context.Context, old qmp.Monitor, spec vmsnap.LaunchSpec) (qmp.Monitor, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	base, files, err := e.plan(spec)
+	base, files, err := e.plan(ctx, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -158,37 +193,62 @@ func (e *Exec) Relaunch(ctx context.Context, old qmp.Monitor, spec vmsnap.Launch
 }
 
 // plan checks e and returns the command line and disk files with
-// spec.Disks substituted.
-func (e *Exec) plan(spec vmsnap.LaunchSpec) (base []string, files map[string]string, err error) {
+// spec.Disks substituted (see blockGraph.rewriteDisk).
+func (e *Exec) plan(ctx context.Context, spec vmsnap.LaunchSpec) (base []string, files map[string]string, err error) {
 	if err := e.check(); err != nil {
 		return nil, nil, err
 	}
-	replace := map[string]string{}
+	g, err := parseBlockGraph(e.Argv)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: %w", ErrLaunch, err)
+	}
+	g.dir = e.Dir
 	files = map[string]string{}
 	for dev, f := range e.DiskFiles {
 		files[dev] = f
 	}
-	for _, d := range spec.Disks {
-		key := d.Device
-		cur, ok := e.DiskFiles[key]
-		if !ok && d.Node != "" {
-			key = d.Node
-			cur, ok = e.DiskFiles[key]
+	seen := map[*disk]string{}
+	for _, ld := range spec.Disks {
+		name := diskName(ld)
+		if ld.File == "" {
+			return nil, nil, fmt.Errorf("%w: disk %s: empty image path", ErrLaunch, name)
 		}
-		if !ok {
-			return nil, nil, fmt.Errorf("%w: disk %s: not in DiskFiles, so its image cannot be replaced by %s in the command line", ErrLaunch, diskName(d), d.File)
+		path := e.DiskFiles[ld.Device]
+		if path == "" && ld.Node != "" {
+			path = e.DiskFiles[ld.Node]
 		}
-		if d.File == "" {
-			return nil, nil, fmt.Errorf("%w: disk %s: empty image path", ErrLaunch, diskName(d))
+		d, err := g.find([]string{ld.Device, ld.Node}, path)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: disk %s: %w", ErrLaunch, name, err)
 		}
-		if prev, dup := replace[cur]; dup && prev != d.File {
-			return nil, nil, fmt.Errorf("%w: disk %s: image %s asked to become both %s and %s", ErrLaunch, diskName(d), cur, prev, d.File)
+		if d == nil {
+			return nil, nil, fmt.Errorf("%w: disk %s: the QEMU command line declares no -drive, -blockdev or -device for it (and DiskFiles names no image of it in the command line), so it cannot be moved to %s", ErrLaunch, name, ld.File)
 		}
-		replace[cur] = d.File
-		files[key] = d.File
+		if prev, dup := seen[d]; dup && prev != ld.File {
+			return nil, nil, fmt.Errorf("%w: disk %s: asked to open both %s and %s", ErrLaunch, name, prev, ld.File)
+		}
+		seen[d] = ld.File
+		if g.abs(ld.File) == g.abs(g.file(d)) {
+			continue
+		}
+		if err := g.checkRewrite(d); err != nil {
+			return nil, nil, fmt.Errorf("%w: disk %s cannot be moved to %s: %w", ErrLaunch, name, ld.File, err)
+		}
+		img, err := inspectImage(ctx, e.QemuImg, ld.File)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: disk %s: new image: %w", ErrLaunch, name, err)
+		}
+		img.File = ld.File
+		if _, err := g.rewriteDisk(d, img); err != nil {
+			return nil, nil, fmt.Errorf("%w: disk %s cannot be moved to %s: %w", ErrLaunch, name, ld.File, err)
+		}
+		for _, k := range []string{ld.Device, ld.Node} {
+			if _, ok := files[k]; ok {
+				files[k] = ld.File
+			}
+		}
 	}
-	base, _ = replacePath(e.Argv, replace)
-	return base, files, nil
+	return g.build(), files, nil
 }
 
 // startPlanned starts base+extra and records the new process's state.
@@ -333,17 +393,24 @@ func (e *Exec) start(ctx context.Context, argv []string) (qmp.Monitor, error) {
 	// Its own session: a Ctrl-C meant for the caller does not reach the
 	// domain, and the domain outlives the caller.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
-	var logf *os.File
+	var (
+		logf   *os.File
+		logOff int64
+	)
 	if e.Stdout == nil && e.Stderr == nil {
-		f, err := os.CreateTemp("", "vmsnap-launch-*.log")
+		f, err := e.openLog()
 		if err != nil {
-			return nil, fmt.Errorf("%w: output file: %w", ErrLaunch, err)
+			return nil, err
 		}
 		logf = f
 		defer func() {
-			os.Remove(f.Name())
+			if e.LogDir == "" {
+				os.Remove(f.Name())
+			}
 			f.Close()
 		}()
+		fmt.Fprintf(f, "=== %s vmsnap launch: %s\n", time.Now().Format(time.RFC3339), strings.Join(argv, " "))
+		logOff, _ = f.Seek(0, io.SeekEnd)
 		cmd.Stdout, cmd.Stderr = f, f
 	}
 	if err := cmd.Start(); err != nil {
@@ -377,8 +444,11 @@ func (e *Exec) start(ctx context.Context, argv []string) (qmp.Monitor, error) {
 		case <-exited:
 			msg := ""
 			if logf != nil {
-				if b, rerr := os.ReadFile(logf.Name()); rerr == nil && len(b) > 0 {
-					msg = ": " + strings.TrimSpace(lastBytes(b, 2048))
+				if b, rerr := os.ReadFile(logf.Name()); rerr == nil && int64(len(b)) > logOff {
+					msg = ": " + strings.TrimSpace(lastBytes(b[logOff:], 2048))
+				}
+				if e.LogDir != "" {
+					msg += " (output in " + logf.Name() + ")"
 				}
 			}
 			return nil, fmt.Errorf("%w: QEMU (pid %d) exited (%v) before its monitor answered%s", ErrLaunch, cmd.Process.Pid, cmd.ProcessState, msg)
@@ -389,6 +459,23 @@ func (e *Exec) start(ctx context.Context, argv []string) (qmp.Monitor, error) {
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
+}
+
+// openLog opens the file QEMU's output goes to: LogDir/qemu.log, else a
+// temporary file.
+func (e *Exec) openLog() (*os.File, error) {
+	if e.LogDir == "" {
+		f, err := os.CreateTemp("", "vmsnap-launch-*.log")
+		if err != nil {
+			return nil, fmt.Errorf("%w: output file: %w", ErrLaunch, err)
+		}
+		return f, nil
+	}
+	f, err := os.OpenFile(filepath.Join(e.LogDir, "qemu.log"), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("%w: output file: %w", ErrLaunch, err)
+	}
+	return f, nil
 }
 
 func lastBytes(b []byte, n int) string {

@@ -56,7 +56,7 @@ func TestRelaunchRefusesBeforeQuitting(t *testing.T) {
 			name: "device not in DiskFiles",
 			exec: &Exec{Argv: good, Socket: "/run/vm.sock", DiskFiles: map[string]string{"dev0": "/img/d0.qcow2"}},
 			spec: vmsnap.LaunchSpec{Disks: []vmsnap.LaunchDisk{{Device: "dev1", Node: "disk1", File: "/img/o1.qcow2"}}},
-			want: "disk dev1: not in DiskFiles",
+			want: "disk dev1: the QEMU command line declares no -drive, -blockdev or -device for it",
 		},
 	}
 	for _, tt := range tests {
