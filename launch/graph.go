@@ -586,7 +586,10 @@ func isOn(o *optTree, key string) bool {
 // name stay valid. The image below is kept as the command line declared
 // it: when img's backing file is the disk's old top image, that format
 // node and its file node are declared again under new names ("…-base")
-// and become img's backing; when it is an image further down the declared
+// and become img's backing (with the options they had: not forced
+// read-only, since QEMU 7.2 refuses block-commit into a node declared
+// read-only=on, "Block node is read-only"; a backing node is only read
+// unless a job writes to it); when it is an image further down the declared
 // chain, that node becomes the backing. Otherwise "backing" is left out
 // and QEMU opens the chain from img's header. Declared nodes that nothing
 // refers to any more are dropped.
@@ -655,18 +658,13 @@ func (g *blockGraph) rewriteDisk(d *disk, img image) (bool, error) {
 		// The old top becomes the backing: declare it again, renamed.
 		base := top.fmt.clone()
 		base.setStr("node-name", g.freeName(name, "-base"))
-		base.setBool("read-only", true)
 		if top.pnode != nil {
 			pname, _ := top.proto.str("node-name")
 			p := top.proto.clone()
 			p.setStr("node-name", g.freeName(pname, "-base"))
-			p.setBool("read-only", true)
-			p.remove("auto-read-only")
 			g.addNode(top.node, p)
 			nn, _ := p.str("node-name")
 			base.setStr("file", nn)
-		} else {
-			base.child("file").setBool("read-only", true)
 		}
 		g.addNode(top.node, base)
 		bn, _ := base.str("node-name")

@@ -120,8 +120,8 @@ func TestRewriteDisk(t *testing.T) {
 			img: over("/var/lib/libvirt/images/vda.qcow2", "qcow2"),
 			want: []string{
 				"-blockdev", `{"driver":"file","filename":"/new/o,1 é.qcow2","node-name":"libvirt-2-storage","auto-read-only":true,"discard":"unmap"}`,
-				"-blockdev", `{"driver":"file","filename":"/var/lib/libvirt/images/vda.qcow2","node-name":"libvirt-2-storage-base","discard":"unmap","read-only":true}`,
-				"-blockdev", `{"node-name":"libvirt-2-format-base","read-only":true,"driver":"qcow2","file":"libvirt-2-storage-base","backing":null}`,
+				"-blockdev", `{"driver":"file","filename":"/var/lib/libvirt/images/vda.qcow2","node-name":"libvirt-2-storage-base","auto-read-only":true,"discard":"unmap"}`,
+				"-blockdev", `{"node-name":"libvirt-2-format-base","read-only":false,"driver":"qcow2","file":"libvirt-2-storage-base","backing":null}`,
 				"-blockdev", `{"node-name":"libvirt-2-format","read-only":false,"driver":"qcow2","file":"libvirt-2-storage","backing":"libvirt-2-format-base"}`,
 			},
 		},
@@ -130,8 +130,8 @@ func TestRewriteDisk(t *testing.T) {
 			img: over("/var/lib/libvirt/images/data é, 1.raw", "raw"),
 			want: []string{
 				"-blockdev", `{"driver":"file","filename":"/new/o,1 é.qcow2","node-name":"libvirt-1-storage","auto-read-only":true,"discard":"unmap"}`,
-				"-blockdev", `{"driver":"file","filename":"/var/lib/libvirt/images/data é, 1.raw","node-name":"libvirt-1-storage-base","discard":"unmap","read-only":true}`,
-				"-blockdev", `{"node-name":"libvirt-1-format-base","read-only":true,"driver":"raw","file":"libvirt-1-storage-base"}`,
+				"-blockdev", `{"driver":"file","filename":"/var/lib/libvirt/images/data é, 1.raw","node-name":"libvirt-1-storage-base","auto-read-only":true,"discard":"unmap"}`,
+				"-blockdev", `{"node-name":"libvirt-1-format-base","read-only":false,"driver":"raw","file":"libvirt-1-storage-base"}`,
 				"-blockdev", `{"node-name":"libvirt-1-format","read-only":false,"driver":"qcow2","file":"libvirt-1-storage","backing":"libvirt-1-format-base"}`,
 			},
 		},
@@ -139,8 +139,8 @@ func TestRewriteDisk(t *testing.T) {
 			name: "keyval null backing", argv: libvirtKeyval, disk: "virtio-disk0", img: over("/img/vda.qcow2", "qcow2"),
 			want: []string{
 				"-blockdev", "driver=file,filename=/new/o,,1 é.qcow2,node-name=libvirt-2-storage,auto-read-only=on,discard=unmap",
-				"-blockdev", "driver=file,filename=/img/vda.qcow2,node-name=libvirt-2-storage-base,discard=unmap,read-only=on",
-				"-blockdev", "node-name=libvirt-2-format-base,read-only=on,driver=qcow2,file=libvirt-2-storage-base,backing=",
+				"-blockdev", "driver=file,filename=/img/vda.qcow2,node-name=libvirt-2-storage-base,auto-read-only=on,discard=unmap",
+				"-blockdev", "node-name=libvirt-2-format-base,read-only=off,driver=qcow2,file=libvirt-2-storage-base,backing=",
 				"-blockdev", "node-name=libvirt-2-format,read-only=off,driver=qcow2,file=libvirt-2-storage,backing=libvirt-2-format-base",
 			},
 		},
@@ -175,8 +175,8 @@ func TestRewriteDisk(t *testing.T) {
 			name: "blockdev pflash vars", argv: ovmfBlockdev, disk: "pflash1", img: over("/vm/VARS.fd", "raw"),
 			want: []string{
 				"-blockdev", `{"driver":"file","filename":"/new/o,1 é.qcow2","node-name":"libvirt-pflash1-storage","auto-read-only":true,"discard":"unmap"}`,
-				"-blockdev", `{"driver":"file","filename":"/vm/VARS.fd","node-name":"libvirt-pflash1-storage-base","discard":"unmap","read-only":true}`,
-				"-blockdev", `{"node-name":"libvirt-pflash1-format-base","read-only":true,"driver":"raw","file":"libvirt-pflash1-storage-base"}`,
+				"-blockdev", `{"driver":"file","filename":"/vm/VARS.fd","node-name":"libvirt-pflash1-storage-base","auto-read-only":true,"discard":"unmap"}`,
+				"-blockdev", `{"node-name":"libvirt-pflash1-format-base","read-only":false,"driver":"raw","file":"libvirt-pflash1-storage-base"}`,
 				"-blockdev", `{"node-name":"libvirt-pflash1-format","read-only":false,"driver":"qcow2","file":"libvirt-pflash1-storage","backing":"libvirt-pflash1-format-base"}`,
 			},
 		},
@@ -264,8 +264,8 @@ func TestRewriteDiskTwice(t *testing.T) {
 		{image{File: "/new/o1.qcow2", Format: "qcow2", Backing: "/img/vda.qcow2", BackingFormat: "qcow2"}, nil},
 		{image{File: "/new/o2.qcow2", Format: "qcow2", Backing: "/img/vda.qcow2", BackingFormat: "qcow2"}, []string{
 			"-blockdev", "driver=file,filename=/new/o2.qcow2,node-name=libvirt-2-storage,auto-read-only=on,discard=unmap",
-			"-blockdev", "driver=file,filename=/img/vda.qcow2,node-name=libvirt-2-storage-base,discard=unmap,read-only=on",
-			"-blockdev", "node-name=libvirt-2-format-base,read-only=on,driver=qcow2,file=libvirt-2-storage-base,backing=",
+			"-blockdev", "driver=file,filename=/img/vda.qcow2,node-name=libvirt-2-storage-base,auto-read-only=on,discard=unmap",
+			"-blockdev", "node-name=libvirt-2-format-base,read-only=off,driver=qcow2,file=libvirt-2-storage-base,backing=",
 			"-blockdev", "node-name=libvirt-2-format,read-only=off,driver=qcow2,file=libvirt-2-storage,backing=libvirt-2-format-base",
 		}},
 		{image{File: "/new/o3.qcow2", Format: "qcow2", Backing: "/other/frozen.qcow2", BackingFormat: "qcow2"}, []string{
