@@ -114,7 +114,7 @@ func (d *Domain) delete(ctx context.Context, op *Op[[]string], name string, flag
 func (d *Domain) deleteFromImages(ctx context.Context, p deletePlan, r *store.Record, disks []Disk) error {
 	s := fromRecord(r)
 	if p.method == deleteMerge {
-		return d.deleteExternal(ctx, r, disks)
+		return d.deleteExternal(ctx, r, disks, false)
 	}
 	have := holding(disks, s.Disks, s.Name)
 	if len(have) == 0 {

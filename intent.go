@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/vmsnap/vmsnap/internal/merge"
 	"github.com/vmsnap/vmsnap/store"
 )
 
@@ -285,21 +286,49 @@ func (d *Domain) usedImages(ctx context.Context, skip string) ([]*store.Record, 
 	return recs, imagesInUse(now, recs, skip), nil
 }
 
-// removeRevertOverlays removes the revert overlays recorded on r that
-// nothing else uses: r is being deleted, and they hold only states later
-// reverts discarded.
-func (d *Domain) removeRevertOverlays(ctx context.Context, r *store.Record) error {
-	_, used, err := d.usedImages(ctx, r.Name)
-	if err != nil {
-		return err
+// markMerging records on r, before disk idx's merge starts, the child
+// being merged into its frozen image and the QEMU job doing it ("" for a
+// qemu-img merge), so a rerun knows what an interrupted merge was.
+func (d *Domain) markMerging(ctx context.Context, r *store.Record, idx int, child, jobID string) error {
+	if r.Labels == nil {
+		r.Labels = map[string]string{}
 	}
-	var errs []error
-	for k, f := range r.Labels {
-		if strings.HasPrefix(k, labelRevertOverlay) && !used[f] {
-			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
-				errs = append(errs, err)
-			}
+	r.Labels[labelMerging+strconv.Itoa(idx)] = child
+	if jobID != "" {
+		r.Labels[labelMergingJob+strconv.Itoa(idx)] = jobID
+	} else {
+		delete(r.Labels, labelMergingJob+strconv.Itoa(idx))
+	}
+	return d.putRecord(ctx, r)
+}
+
+// markDiskDeleted records that the delete of r is done on disk idx (a
+// rerun must not merge it again) and drops its progress marks.
+func (d *Domain) markDiskDeleted(ctx context.Context, r *store.Record, idx int) error {
+	r.Disks[idx].Removed = true
+	delete(r.Labels, labelMerging+strconv.Itoa(idx))
+	delete(r.Labels, labelMergingJob+strconv.Itoa(idx))
+	return d.putRecord(ctx, r)
+}
+
+// repointDisks makes the disks refs name find their frozen image in to:
+// a merge moved the content of their old frozen image there.
+func (d *Domain) repointDisks(ctx context.Context, refs []merge.Ref, to string) error {
+	for _, ref := range refs {
+		r, err := d.store.Get(ctx, d.uuid, ref.Record)
+		if err != nil {
+			return err
+		}
+		if ref.Disk < 0 || ref.Disk >= len(r.Disks) {
+			return fmt.Errorf("%w: snapshot %q has no disk %d", ErrInconsistent, ref.Record, ref.Disk)
+		}
+		if r.Disks[ref.Disk].File == to {
+			continue
+		}
+		r.Disks[ref.Disk].File = to
+		if err := d.putRecord(ctx, r); err != nil {
+			return err
 		}
 	}
-	return errors.Join(errs...)
+	return nil
 }

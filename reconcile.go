@@ -129,7 +129,7 @@ func (d *Domain) reconcileDelete(ctx context.Context, r *store.Record, disks []D
 		return err
 	}
 	if p.method == deleteMerge {
-		if err := d.deleteExternal(ctx, r, disks); err != nil {
+		if err := d.deleteExternal(ctx, r, disks, true); err != nil {
 			return err
 		}
 		return d.removeRecord(ctx, s.Name)

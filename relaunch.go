@@ -83,9 +83,9 @@ func readRelaunchIntent(r *store.Record) (*relaunchIntent, error) {
 // revertRelaunch reverts to s by restarting QEMU through the Launcher (see
 // above). The guest is left running or paused as wantRunning says.
 //
-// Everything that can be checked is checked before anything is written:
-// the snapshot's files, the Launcher's view of both command lines it may
-// need (LaunchChecker), the overlay paths. If starting the new process
+// Everything that can be checked is checked before the old QEMU is
+// stopped: the snapshot's files, the overlay paths, the Launcher's view of
+// both command lines it may need (LaunchChecker). If starting the new process
 // fails, the old top images are started again (the guest boots from its
 // disks) and the error says so.
 func (d *Domain) revertRelaunch(ctx context.Context, op *Op[*DomainSnapshot], s *DomainSnapshot, disks []Disk, wantRunning, force bool) (*DomainSnapshot, error) {
@@ -122,12 +122,12 @@ func (d *Domain) revertRelaunch(ctx context.Context, op *Op[*DomainSnapshot], s 
 		in.New = append(in.New, LaunchDisk{Device: dk.Device, Node: dk.Node, File: top})
 	}
 	// The Launcher checks both command lines it may be asked for while the
-	// old QEMU still runs: a refusal changes nothing.
-	if c, ok := l.(LaunchChecker); ok {
-		if err := c.CheckLaunch(ctx, in.spec(s)); err != nil {
-			return nil, fmt.Errorf("%w: the launcher cannot start QEMU on the reverted disks (nothing was changed): %w", ErrUnsupported, err)
-		}
-		if err := c.CheckLaunch(ctx, LaunchSpec{Disks: in.Old}); err != nil {
+	// old QEMU still runs: the one to restart on should the revert fail
+	// before anything is written, the new one once its overlays exist. A
+	// refusal leaves everything as it was.
+	checker, _ := l.(LaunchChecker)
+	if checker != nil {
+		if err := checker.CheckLaunch(ctx, LaunchSpec{Disks: in.Old}); err != nil {
 			return nil, fmt.Errorf("%w: the launcher could not restart QEMU on its present disks if the revert failed (nothing was changed): %w", ErrUnsupported, err)
 		}
 	}
@@ -136,6 +136,11 @@ func (d *Domain) revertRelaunch(ctx context.Context, op *Op[*DomainSnapshot], s 
 	}
 	if err := d.createRevertOverlays(ctx, s, in.Created); err != nil {
 		return nil, d.undoRelaunch(ctx, s.Name, &in, false, err)
+	}
+	if checker != nil {
+		if err := checker.CheckLaunch(ctx, in.spec(s)); err != nil {
+			return nil, d.undoRelaunch(ctx, s.Name, &in, false, fmt.Errorf("%w: the launcher cannot start QEMU on the reverted disks (nothing was changed): %w", ErrUnsupported, err))
+		}
 	}
 	op.setPhase(PhaseRelaunching)
 	if err := l.Stop(ctx, d.mon); err != nil {

@@ -252,7 +252,8 @@ func TestQEMURelaunchInvalidPlanRefusedBeforeStop(t *testing.T) {
 	before, _ := filepath.Glob(filepath.Join(l.vm.Dir, "*.qcow2"))
 	topBefore := l.top(t)
 	// The command line loses disk1: the launcher cannot substitute it.
-	delete(l.exec.DiskFiles, l.vm.Disks[1].Device)
+	l.exec.Argv = withoutDisk(l.exec.Argv, l.vm.Disks[1])
+	l.exec.DiskFiles = nil
 	_, err := l.dom.Revert(ctx, "e1", vmsnap.RevertRunning).Wait(ctx)
 	if !errors.Is(err, vmsnap.ErrUnsupported) || !errors.Is(err, launch.ErrLaunch) {
 		t.Fatalf("revert with an invalid launch plan: %v, want ErrUnsupported wrapping launch.ErrLaunch", err)
@@ -294,4 +295,19 @@ func cmpMaps(a, b map[string]string) bool {
 		}
 	}
 	return true
+}
+
+// withoutDisk returns argv without the -blockdev and -device options of
+// disk d.
+func withoutDisk(argv []string, d qemutest.Disk) []string {
+	var out []string
+	for i := 0; i < len(argv); i++ {
+		if i+1 < len(argv) && (argv[i] == "-blockdev" || argv[i] == "-device") &&
+			(strings.Contains(argv[i+1], "node-name="+d.Node) || strings.Contains(argv[i+1], "node-name="+d.FileNode) || strings.Contains(argv[i+1], "drive="+d.Node+",")) {
+			i++
+			continue
+		}
+		out = append(out, argv[i])
+	}
+	return out
 }
