@@ -3,8 +3,8 @@ package launch
 import (
 	"context"
 	"fmt"
-	"strings"
 
+	"github.com/vmsnap/vmsnap/internal/qemu"
 	"github.com/vmsnap/vmsnap/qmp"
 )
 
@@ -19,20 +19,8 @@ import (
 // Disks argv does not declare (a hotplugged disk) and empty drives are
 // left out.
 func DiskFiles(ctx context.Context, mon qmp.Monitor, argv []string) (map[string]string, error) {
-	type imageInfo struct {
-		Filename string     `json:"filename"`
-		Backing  *imageInfo `json:"backing-image"`
-	}
-	var blocks []struct {
-		Device   string `json:"device"`
-		QDev     string `json:"qdev"`
-		Inserted *struct {
-			File     string    `json:"file"`
-			NodeName string    `json:"node-name"`
-			Image    imageInfo `json:"image"`
-		} `json:"inserted"`
-	}
-	if err := mon.Execute(ctx, "query-block", nil, &blocks); err != nil {
+	blocks, err := qemu.BlockDevices(ctx, mon)
+	if err != nil {
 		return nil, fmt.Errorf("launch: list disks: %w", err)
 	}
 	g, err := parseBlockGraph(argv)
@@ -44,20 +32,14 @@ func DiskFiles(ctx context.Context, mon qmp.Monitor, argv []string) (map[string]
 		if b.Inserted == nil {
 			continue
 		}
-		dev := b.Device
-		if dev == "" {
-			dev = qdevName(b.QDev)
-		}
-		if d, err := g.find([]string{b.Device, qdevName(b.QDev), b.QDev, b.Inserted.NodeName}, ""); err == nil && d != nil {
+		dev := b.Name()
+		if d, err := g.find([]string{b.Device, qemu.QDevName(b.QDev), b.QDev, b.Inserted.Node}, ""); err == nil && d != nil {
 			if f := g.file(d); f != "" {
 				files[dev] = f
 				continue
 			}
 		}
-		cands := []string{b.Inserted.Image.Filename, b.Inserted.File}
-		for bi := b.Inserted.Image.Backing; bi != nil; bi = bi.Backing {
-			cands = append(cands, bi.Filename)
-		}
+		cands := append([]string{b.Inserted.Image.Filename, b.Inserted.File}, b.Inserted.Image.BackingFiles()...)
 		for _, c := range cands {
 			if c == "" {
 				continue
@@ -69,19 +51,4 @@ func DiskFiles(ctx context.Context, mon qmp.Monitor, argv []string) (map[string]
 		}
 	}
 	return files, nil
-}
-
-// qdevName turns "/machine/peripheral/dev0/virtio-backend" into "dev0",
-// as vmsnap names -blockdev disks.
-func qdevName(qdev string) string {
-	if !strings.HasPrefix(qdev, "/") {
-		return qdev
-	}
-	parts := strings.Split(strings.Trim(qdev, "/"), "/")
-	for i, p := range parts {
-		if (p == "peripheral" || p == "peripheral-anon") && i+1 < len(parts) {
-			return parts[i+1]
-		}
-	}
-	return parts[len(parts)-1]
 }

@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"github.com/vmsnap/vmsnap"
+	"github.com/vmsnap/vmsnap/internal/qemu"
 	"github.com/vmsnap/vmsnap/qmp"
 )
 
@@ -296,7 +297,7 @@ func (e *Exec) stopOld(ctx context.Context, old qmp.Monitor) error {
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if old != nil {
-		err := old.Execute(wctx, "quit", nil, nil)
+		err := qemu.Quit(wctx, old)
 		old.Close()
 		if err != nil && !errors.Is(err, qmp.ErrClosed) {
 			return fmt.Errorf("%w: quit the old QEMU: %w", ErrLaunch, err)

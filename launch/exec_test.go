@@ -16,6 +16,7 @@ import (
 
 	"github.com/vmsnap/vmsnap"
 	"github.com/vmsnap/vmsnap/internal/fakeqemu"
+	"github.com/vmsnap/vmsnap/internal/qemu"
 	"github.com/vmsnap/vmsnap/internal/qemutest"
 	"github.com/vmsnap/vmsnap/qmp"
 )
@@ -166,7 +167,7 @@ func TestRelaunchRealQEMU(t *testing.T) {
 			}
 			gotFiles := map[string]string{}
 			for _, b := range blocks {
-				gotFiles[qdevName(b.QDev)] = b.Inserted.File
+				gotFiles[qemu.QDevName(b.QDev)] = b.Inserted.File
 			}
 			wantFiles := map[string]string{vm.Disks[0].Device: vm.Disks[0].File, vm.Disks[1].Device: overlay}
 			if diff := cmp.Diff(wantFiles, gotFiles); diff != "" {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/vmsnap/vmsnap"
+	"github.com/vmsnap/vmsnap/internal/qemu"
 	"github.com/vmsnap/vmsnap/internal/qemutest"
 	"github.com/vmsnap/vmsnap/qmp"
 )
@@ -224,7 +225,7 @@ func queryDisk(t *testing.T, mon qmp.Monitor, name string) blockInfo {
 		if b.Inserted != nil {
 			json.Unmarshal(b.Inserted, &bi)
 		}
-		if b.Device == name || qdevName(b.QDev) == name || (bi.NodeName == name && name != "") {
+		if b.Device == name || qemu.QDevName(b.QDev) == name || (bi.NodeName == name && name != "") {
 			return bi
 		}
 	}

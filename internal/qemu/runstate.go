@@ -43,6 +43,12 @@ func EnsureRunning(ctx context.Context, mon qmp.Monitor) error {
 	return nil
 }
 
+// Quit tells QEMU to exit (quit). QEMU answers before it exits; the
+// connection then closes.
+func Quit(ctx context.Context, mon qmp.Monitor) error {
+	return mon.Execute(ctx, "quit", nil, nil)
+}
+
 // UUID returns the UUID QEMU was started with (query-uuid). A QEMU
 // started without -uuid reports the nil UUID, NilUUID.
 func UUID(ctx context.Context, mon qmp.Monitor) (string, error) {
