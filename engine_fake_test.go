@@ -1,5 +1,11 @@
 package vmsnap_test
 
+// Engine tests on the fake QEMU that real QEMU cannot reproduce: injected
+// faults, dropped connections, timing. The scenarios that must behave the
+// same on the fake and on real QEMU (create, list, revert and delete of
+// each kind, with snapshot jobs and with the HMP fallback) are in
+// internal/enginetest, run by scenarios_test.go.
+
 import (
 	"context"
 	"errors"
@@ -117,60 +123,6 @@ func (f *fakeDomain) agree(t *testing.T) {
 				t.Errorf("record %q says %s holds it; QEMU disagrees", r.Name, d.Node)
 			}
 		}
-	}
-}
-
-func TestFakeCreateRevertDeleteFull(t *testing.T) {
-	for _, p := range []struct {
-		name    string
-		profile fakeqemu.Profile
-		via     string
-	}{{"qemu-7.2-jobs", fakeqemu.QEMU72, "snapshot-save"}, {"qemu-5.2-hmp", fakeqemu.QEMU52, "savevm"}} {
-		t.Run(p.name, func(t *testing.T) {
-			f := startFake(t, p.profile)
-			ctx := testCtx(t)
-			if err := f.mon.Execute(ctx, "stop", nil, nil); err != nil {
-				t.Fatal(err)
-			}
-			f.srv.SetCounter(1000)
-			if err := f.srv.WriteDisk("disk1", 0x11); err != nil {
-				t.Fatal(err)
-			}
-			s, err := f.dom.Create(ctx, vmsnap.CreateSpec{Name: "s1"}, 0).Wait(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if s.State != vmsnap.StatePaused || f.srv.Status() != "paused" {
-				t.Fatalf("state %s, fake %s", s.State, f.srv.Status())
-			}
-			used := strings.Join(append(f.srv.Commands(), f.srv.HMPCommands()...), " ")
-			if !strings.Contains(used, p.via) {
-				t.Fatalf("create did not use %s: %s", p.via, used)
-			}
-			f.srv.SetCounter(5000)
-			if err := f.srv.WriteDisk("disk1", 0x22); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := f.dom.Revert(ctx, "s1", 0).Wait(ctx); err != nil {
-				t.Fatal(err)
-			}
-			if c := f.srv.Counter(); c != 1000 {
-				t.Fatalf("counter after revert %d, want 1000", c)
-			}
-			if b, _ := f.srv.DiskContent("disk1"); b != 0x11 {
-				t.Fatalf("disk1 content after revert %#x, want 0x11", b)
-			}
-			if f.srv.Status() != "paused" {
-				t.Fatalf("revert to a paused snapshot left the guest %s", f.srv.Status())
-			}
-			if _, err := f.dom.Delete(ctx, "s1", 0).Wait(ctx); err != nil {
-				t.Fatal(err)
-			}
-			if len(f.tags(t, "disk0"))+len(f.tags(t, "disk1")) != 0 {
-				t.Fatal("delete left disk snapshots")
-			}
-			f.agree(t)
-		})
 	}
 }
 
@@ -470,32 +422,6 @@ func TestFakeRefusalsTouchNothing(t *testing.T) {
 	f.agree(t)
 }
 
-func TestFakeDeleteReparentsAndSubtree(t *testing.T) {
-	f := startFake(t, fakeqemu.QEMU72)
-	ctx := testCtx(t)
-	for _, n := range []string{"a", "b", "c"} {
-		if _, err := f.dom.Create(ctx, vmsnap.CreateSpec{Name: n}, vmsnap.DiskOnly).Wait(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// a <- b <- c; deleting b gives c the parent a.
-	if _, err := f.dom.Delete(ctx, "b", 0).Wait(ctx); err != nil {
-		t.Fatal(err)
-	}
-	c, err := f.dom.Get(ctx, "c")
-	if err != nil || c.Parent != "a" || !c.Current {
-		t.Fatalf("c after deleting b: %+v %v", c, err)
-	}
-	done, err := f.dom.Delete(ctx, "a", vmsnap.DeleteChildren).Wait(ctx)
-	if err != nil || !slices.Equal(done, []string{"c", "a"}) {
-		t.Fatalf("subtree delete: %v %v", done, err)
-	}
-	if len(f.tags(t, "disk0")) != 0 {
-		t.Fatalf("left %v", f.tags(t, "disk0"))
-	}
-	f.agree(t)
-}
-
 func TestFakePartialDeleteKeepsRecord(t *testing.T) {
 	f := startFake(t, fakeqemu.QEMU72)
 	ctx := testCtx(t)
@@ -615,36 +541,6 @@ func TestFakeNoUUID(t *testing.T) {
 	if !errors.Is(err, vmsnap.ErrInvalidDomain) || !strings.Contains(err.Error(), "-uuid") {
 		t.Fatalf("err %v, want ErrInvalidDomain asking for a UUID", err)
 	}
-}
-
-func TestFakeDeleteMetadataOnly(t *testing.T) {
-	f := startFake(t, fakeqemu.QEMU72)
-	ctx := testCtx(t)
-	if _, err := f.dom.Create(ctx, vmsnap.CreateSpec{Name: "m"}, vmsnap.DiskOnly).Wait(ctx); err != nil {
-		t.Fatal(err)
-	}
-	before := len(f.srv.Commands())
-	if _, err := f.dom.Delete(ctx, "m", vmsnap.DeleteMetadataOnly).Wait(ctx); err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range f.srv.Commands()[before:] {
-		if !strings.HasPrefix(c, "query-") {
-			t.Fatalf("metadata-only delete sent %s", c)
-		}
-	}
-	if !slices.Contains(f.tags(t, "disk0"), "m") {
-		t.Fatal("metadata-only delete removed the disk snapshot")
-	}
-	l, err := f.dom.List(ctx, 0).Wait(ctx)
-	if err != nil || len(l.Snapshots) != 0 || len(l.Untracked) != 1 || l.Untracked[0].Name != "m" {
-		t.Fatalf("after metadata-only delete: %+v %v", l, err)
-	}
-	// Adopting it brings it back as a disk-only root.
-	a, err := f.dom.Adopt(ctx, "m", "back")
-	if err != nil || a.State != vmsnap.StateDiskOnly || len(a.Disks) != 2 {
-		t.Fatalf("adopt: %+v %v", a, err)
-	}
-	f.agree(t)
 }
 
 // A load that fails before QEMU changed anything (the snapshot is missing
