@@ -2,6 +2,7 @@ package vmsnap
 
 import (
 	"context"
+	"log/slog"
 	"errors"
 	"fmt"
 	"strconv"
@@ -44,6 +45,14 @@ type Options struct {
 	// NoBackgroundSnapshot makes Live snapshots use pre-copy even where
 	// QEMU and the host support background-snapshot.
 	NoBackgroundSnapshot bool
+	// Events, when not nil, is called with every event of the Domain's
+	// operations (see Event): their phases, and the guest stops, resumes
+	// and relaunches they cause, so a toolstack can tell vmsnap's pauses
+	// from anyone else's. It is called synchronously and must not block.
+	Events func(Event)
+	// Logger, when not nil, receives each operation's phases and timings
+	// at Info level and its QMP traffic at Debug level.
+	Logger *slog.Logger
 }
 
 // OfflineDisk is one image of a shut-off domain.
