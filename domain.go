@@ -2,9 +2,9 @@ package vmsnap
 
 import (
 	"context"
-	"log/slog"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"strings"
 	"sync"
@@ -45,6 +45,10 @@ type Options struct {
 	// NoBackgroundSnapshot makes Live snapshots use pre-copy even where
 	// QEMU and the host support background-snapshot.
 	NoBackgroundSnapshot bool
+	// StateSaver writes and loads the memory state of full external
+	// snapshots; nil means a QEMU migration to a passed descriptor (see
+	// StateSaver).
+	StateSaver StateSaver
 	// Events, when not nil, is called with every event of the Domain's
 	// operations (see Event): their phases, and the guest stops, resumes
 	// and relaunches they cause, so a toolstack can tell vmsnap's pauses

@@ -134,8 +134,6 @@ func (d *Domain) liveMode(ctx context.Context) migrate.Mode {
 	return migrate.Precopy
 }
 
-const labelMemoryMode = "vmsnap.memory-mode"
-
 // external takes an external snapshot: overlays on the disks in one
 // transaction, and for a full snapshot the memory in a file, at the same
 // instant.
@@ -145,8 +143,6 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 	if err != nil {
 		return err
 	}
-	mode := migrate.Stopped
-	labels := map[string]string{}
 	if c.plan.kind == kindExternalFull {
 		path, err := d.memoryPath(s.Name)
 		if err != nil {
@@ -156,14 +152,10 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 			return fmt.Errorf("%w: memory file %s exists already", ErrExists, path)
 		}
 		s.Memory = Memory{Kind: MemoryExternal, File: path}
-		if c.plan.live && c.wasRunning {
-			mode = d.liveMode(ctx)
-		}
-		labels[labelMemoryMode] = mode.String()
 	}
 	// The intent names the files before they exist, so a crash from here
 	// on leaves nothing the next operation cannot find and remove.
-	if err := c.intent(ctx, labels); err != nil {
+	if err := c.intent(ctx, nil); err != nil {
 		return err
 	}
 	if err := d.createOverlays(ctx, c.disks, overlays); err != nil {
@@ -196,13 +188,10 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 		takeErr = snapDisks(ctx)
 	} else {
 		c.op.setPhase(PhaseSavingMemory)
-		var res migrate.Result
-		res, takeErr = migrate.Save(ctx, d.mon, d.features, s.Memory.File, mode, c.op.setBytes, snapDisks)
+		var res SaveStateResult
+		res, takeErr = d.stateSaver().SaveState(ctx, SaveStateRequest{Monitor: d.mon, Path: s.Memory.File, Live: c.plan.live && c.wasRunning, AtStop: snapDisks, Progress: c.op.setBytes})
 		saved = takeErr == nil
 		s.Downtime = res.Downtime
-		if takeErr == nil && res.Mode != mode {
-			labels[labelMemoryMode] = res.Mode.String()
-		}
 	}
 	if thaw != nil {
 		if err := thaw(); err != nil && takeErr == nil {

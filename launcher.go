@@ -2,6 +2,7 @@ package vmsnap
 
 import (
 	"context"
+	"time"
 
 	"github.com/vmsnap/vmsnap/qmp"
 )
@@ -65,4 +66,64 @@ type GuestAgent interface {
 	FreezeFilesystems(ctx context.Context) (int, error)
 	// ThawFilesystems thaws them and returns how many it thawed.
 	ThawFilesystems(ctx context.Context) (int, error)
+}
+
+// StateSaver writes and loads the memory and device state of a full
+// external snapshot. The default (Options.StateSaver nil) streams a QEMU
+// migration to a file descriptor vmsnap opens and passes over the monitor
+// (internal/migrate): stopped, or live with background-snapshot or
+// pre-copy. A toolstack whose device model does not hold the guest's RAM
+// — Xen HVM, where libxl saves memory and QEMU only its devices — supplies
+// its own.
+//
+// A custom StateSaver takes over choices vmsnap otherwise makes: how a
+// Live save keeps the guest running, the format of the state file, and
+// whether the monitor must pass descriptors. What it rules out: vmsnap
+// cannot tell whether a state file an interrupted create left is whole, so
+// such a snapshot is settled as disk-only and its state file removed; and
+// a snapshot saved by one StateSaver is reverted only through the same one.
+type StateSaver interface {
+	// SaveState writes the state to req.Path (creating it, 0600) and calls
+	// req.AtStop exactly once, with the guest stopped, at the instant the
+	// state describes: that call snaps the disks. A live saver resumes the
+	// guest as soon as it can. On error the saver removes what it wrote
+	// and leaves the guest running if it ran.
+	SaveState(ctx context.Context, req SaveStateRequest) (SaveStateResult, error)
+	// LoadState loads the state at req.Path into a QEMU started with
+	// "-incoming defer" on the snapshot's disks; the guest stays paused.
+	LoadState(ctx context.Context, req LoadStateRequest) error
+}
+
+// SaveStateRequest is what SaveState is asked to do.
+type SaveStateRequest struct {
+	// Monitor is the running QEMU's monitor.
+	Monitor qmp.Monitor
+	// Path is the state file the snapshot's record names.
+	Path string
+	// Live asks that the guest keep running while the state is written;
+	// it is set only when the guest runs.
+	Live bool
+	// AtStop snaps the disks; see SaveState.
+	AtStop func(ctx context.Context) error
+	// Progress, when not nil, receives bytes written and the total
+	// expected.
+	Progress func(done, total uint64)
+}
+
+// SaveStateResult is what SaveState did.
+type SaveStateResult struct {
+	// Downtime is how long the guest was stopped.
+	Downtime time.Duration
+	// Bytes is the size of the state written.
+	Bytes uint64
+}
+
+// LoadStateRequest is what LoadState is asked to do.
+type LoadStateRequest struct {
+	// Monitor is the new QEMU's monitor.
+	Monitor qmp.Monitor
+	// Path is the state file.
+	Path string
+	// Progress, when not nil, receives bytes loaded and the total.
+	Progress func(done, total uint64)
 }

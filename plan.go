@@ -24,6 +24,8 @@ type env struct {
 	jobs bool
 	// fds: the monitor can pass file descriptors (qmp.FileSender).
 	fds bool
+	// saver: the caller supplied a StateSaver, which needs no descriptors.
+	saver bool
 	// memoryDir: there is a place for external memory files.
 	memoryDir bool
 	// launcher: Options.Launcher is set.
@@ -41,6 +43,7 @@ func (d *Domain) env() env {
 		online:    d.mon != nil,
 		launcher:  d.opts.Launcher != nil,
 		agent:     d.opts.Agent != nil,
+		saver:     d.opts.StateSaver != nil,
 		memoryDir: d.opts.MemoryDir != "" || d.fileStoreRoot() != "",
 	}
 	if e.online {
@@ -145,7 +148,7 @@ func planCreate(flags CreateFlags, e env) (createPlan, error) {
 		return p, fmt.Errorf("%w: %s needs a running domain", ErrUnsupported, flags&(External|Quiesce|Halt))
 	case p.quiesce && !e.agent:
 		return p, fmt.Errorf("%w: Quiesce needs a guest agent (Options.Agent)", ErrUnsupported)
-	case p.kind == kindExternalFull && !e.fds:
+	case p.kind == kindExternalFull && !e.fds && !e.saver:
 		return p, fmt.Errorf("%w: an external memory state is written to a file descriptor passed over the monitor, and this monitor cannot pass descriptors", ErrUnsupported)
 	case p.kind == kindExternalFull && !e.memoryDir:
 		return p, fmt.Errorf("%w: external memory needs Options.MemoryDir with a store other than a file store", ErrUnsupported)
@@ -231,7 +234,7 @@ func planRevert(k kind, st State, flags RevertFlags, e env) (revertPlan, error) 
 		}
 		return p, fmt.Errorf("%w: reverting an external snapshot needs a Launcher (Options.Launcher) to restart QEMU; vmsnap never guesses a QEMU command line", ErrUnsupported)
 	}
-	if k == kindExternalFull && !e.fds {
+	if k == kindExternalFull && !e.fds && !e.saver {
 		return p, fmt.Errorf("%w: the memory state is fed to the new QEMU through a file descriptor passed over the monitor, and this monitor cannot pass descriptors", ErrUnsupported)
 	}
 	return p, nil

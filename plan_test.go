@@ -17,8 +17,8 @@ var updatePlan = flag.Bool("update-plan", false, "rewrite testdata/plan.golden f
 // envs returns every combination of what a domain can offer.
 func envs() []env {
 	var out []env
-	for i := 0; i < 1<<6; i++ {
-		e := env{online: i&1 != 0, jobs: i&2 != 0, fds: i&4 != 0, memoryDir: i&8 != 0, launcher: i&16 != 0, agent: i&32 != 0}
+	for i := 0; i < 1<<7; i++ {
+		e := env{online: i&1 != 0, jobs: i&2 != 0, fds: i&4 != 0, memoryDir: i&8 != 0, launcher: i&16 != 0, agent: i&32 != 0, saver: i&64 != 0}
 		if !e.online && (e.jobs || e.fds) {
 			continue // only a running QEMU has jobs or a monitor
 		}
@@ -32,7 +32,7 @@ func (e env) String() string {
 	for _, f := range []struct {
 		set  bool
 		name string
-	}{{e.online, "online"}, {e.jobs, "jobs"}, {e.fds, "fds"}, {e.memoryDir, "memdir"}, {e.launcher, "launcher"}, {e.agent, "agent"}} {
+	}{{e.online, "online"}, {e.jobs, "jobs"}, {e.fds, "fds"}, {e.memoryDir, "memdir"}, {e.launcher, "launcher"}, {e.agent, "agent"}, {e.saver, "saver"}} {
 		if f.set {
 			parts = append(parts, f.name)
 		}
@@ -140,8 +140,8 @@ func checkCreateInvariants(t *testing.T, f CreateFlags, e env, p createPlan, err
 	if p.live && p.kind != kindExternalFull {
 		fail("Live without an external memory state")
 	}
-	if p.kind == kindExternalFull && (!e.fds || !e.memoryDir) {
-		fail("an external memory save planned without fd passing or a memory directory")
+	if p.kind == kindExternalFull && (!(e.fds || e.saver) || !e.memoryDir) {
+		fail("an external memory save planned without fd passing (or a StateSaver) or a memory directory")
 	}
 	if p.quiesce && (!e.agent || p.kind.full()) {
 		fail("Quiesce without an agent or with memory")
@@ -185,8 +185,8 @@ func checkRevertInvariants(t *testing.T, k kind, f RevertFlags, e env, p revertP
 		if !e.launcher || !e.online {
 			fail("relaunch without a Launcher or without a running QEMU")
 		}
-		if k == kindExternalFull && !e.fds {
-			fail("relaunch feeding memory without fd passing")
+		if k == kindExternalFull && !e.fds && !e.saver {
+			fail("relaunch feeding memory without fd passing or a StateSaver")
 		}
 		if k == kindInternalFull {
 			fail("relaunch for an internal full snapshot, which loads in place")

@@ -161,7 +161,8 @@ func (d *Domain) reconcileCreateExternal(ctx context.Context, r *store.Record, s
 		if err != nil {
 			return err
 		}
-		memoryWhole = st.Outcome == migrate.Completed && migrate.StreamComplete(s.Memory.File) == nil
+		// Only the default saver's stream can be checked for wholeness.
+		memoryWhole = st.Outcome == migrate.Completed && !d.customStateSaver() && migrate.StreamComplete(s.Memory.File) == nil
 	}
 	done, none := externalDone(s, disks)
 	if r.Labels[labelGuestWasRunning] == "true" {

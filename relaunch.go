@@ -10,7 +10,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/vmsnap/vmsnap/internal/migrate"
 	"github.com/vmsnap/vmsnap/qmp"
 	"github.com/vmsnap/vmsnap/store"
 )
@@ -230,7 +229,7 @@ func (d *Domain) finishRelaunch(ctx context.Context, op *Op[*DomainSnapshot], s 
 		}
 		if st.State == "inmigrate" {
 			op.setPhase(PhaseLoading)
-			if err := migrate.Load(ctx, d.mon, s.Memory.File, op.setBytes); err != nil {
+			if err := d.stateSaver().LoadState(ctx, LoadStateRequest{Monitor: d.mon, Path: s.Memory.File, Progress: op.setBytes}); err != nil {
 				_ = l.Stop(context.WithoutCancel(ctx), d.mon)
 				return nil, d.undoRelaunch(ctx, s.Name, in, true, fmt.Errorf("load memory: %w", err))
 			}
