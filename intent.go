@@ -17,6 +17,10 @@ import (
 // intent is committed.
 const labelGuestWasRunning = "vmsnap.guest-was-running"
 
+// labelExcluded lists (JSON) the writable disks the caller left out of a
+// snapshot; it stays with the committed record.
+const labelExcluded = "vmsnap.excluded"
+
 type intent store.Status
 
 // intentCreating marks a record whose snapshot is being taken.
@@ -78,7 +82,9 @@ func (d *Domain) setCurrent(ctx context.Context, name string) error {
 func (d *Domain) putIntent(ctx context.Context, s *DomainSnapshot, in intent, guestWasRunning bool, labels map[string]string) error {
 	r := toRecord(s)
 	r.Status = store.Status(in)
-	r.Labels = map[string]string{}
+	if r.Labels == nil {
+		r.Labels = map[string]string{}
+	}
 	for k, v := range labels {
 		r.Labels[k] = v
 	}
@@ -108,6 +114,10 @@ func toRecord(s *DomainSnapshot) *store.Record {
 		Downtime:     s.Downtime,
 		Config:       s.Config,
 	}
+	if len(s.Excluded) > 0 {
+		b, _ := json.Marshal(s.Excluded)
+		r.Labels = map[string]string{labelExcluded: string(b)}
+	}
 	for _, ds := range s.Disks {
 		r.Disks = append(r.Disks, store.Disk{
 			Device: ds.Device, Node: ds.Node, File: ds.File, Kind: string(ds.Kind), ID: ds.ID, Tag: ds.Name,
@@ -130,6 +140,9 @@ func fromRecord(r *store.Record) *DomainSnapshot {
 	}
 	if s.Memory.Kind == "" {
 		s.Memory.Kind = MemoryNone
+	}
+	if v := r.Labels[labelExcluded]; v != "" {
+		_ = json.Unmarshal([]byte(v), &s.Excluded)
 	}
 	for _, dd := range r.Disks {
 		if dd.Removed {

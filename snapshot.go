@@ -123,6 +123,10 @@ type DomainSnapshot struct {
 	Memory Memory
 	// Disks lists the disks that hold this snapshot.
 	Disks []DiskSnapshot
+	// Excluded names the writable disks the caller left out of the
+	// snapshot (CreateSpec.Disks or CreateSpec.Exclude): a revert does not
+	// restore them.
+	Excluded []string
 	// Config is the domain's configuration as the caller recorded it (an xl
 	// config, a QEMU argv, a libvirt XML): opaque to vmsnap.
 	Config []byte
