@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"os"
 	"strings"
@@ -19,7 +20,8 @@ import (
 // Client is a QMP connection to one QEMU monitor socket (unix or tcp).
 //
 // One goroutine reads the socket and dispatches each line: replies go to
-// the call whose request carried the same "id", events go to every
+// the call whose request carried the same "id" (a JSON string the client
+// assigns, "1", "2", …, as go-qemu's decoders expect), events go to every
 // subscriber's own queue. Requests are written whole, one at a time. A
 // Client is safe for concurrent use; it implements Monitor, FileSender (on
 // unix sockets) and go-qemu's qmp.Monitor.
@@ -107,8 +109,11 @@ var _ FileSender = (*Client)(nil)
 // addr is "unix:/path/to/sock", a bare socket path, or "tcp:host:port".
 // ctx bounds the whole handshake. QEMU serves one client per monitor socket:
 // while another client holds it, the connection is accepted but no greeting
-// comes. When ctx ends before the greeting arrives, Dial returns an error
-// wrapping both ErrMonitorInUse and ctx.Err().
+// comes; and when many clients connect at once, the socket's listen backlog
+// fills and connect(2) fails with EAGAIN, which Dial retries with a short
+// backoff (1 to 20 ms, jittered). When ctx ends before the greeting arrives,
+// in either case, Dial returns an error wrapping both ErrMonitorInUse and
+// ctx.Err(). A ctx without a deadline waits until it is cancelled.
 //
 // Events QEMU sends before the first Subscribe are dropped.
 func Dial(ctx context.Context, addr string) (*Client, error) {
@@ -116,8 +121,7 @@ func Dial(ctx context.Context, addr string) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, network, address)
+	conn, err := dialConn(ctx, network, address)
 	if err != nil {
 		return nil, fmt.Errorf("qmp: dial %s: %w", addr, err)
 	}
@@ -144,6 +148,58 @@ func Dial(ctx context.Context, addr string) (*Client, error) {
 		return nil, fmt.Errorf("qmp: dial %s: %w", addr, err)
 	}
 	return c, nil
+}
+
+// Backoff between connects refused with EAGAIN (full listen backlog).
+const (
+	backlogRetryMin = time.Millisecond
+	backlogRetryMax = 20 * time.Millisecond
+)
+
+// dialConn connects, retrying while a unix socket's listen backlog is full
+// (EAGAIN) until ctx ends; then the error wraps ErrMonitorInUse and
+// ctx.Err(), and names the last connect error without wrapping it.
+func dialConn(ctx context.Context, network, address string) (net.Conn, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var d net.Dialer
+	var busy error // the last connect that found the backlog full
+	delay := backlogRetryMin
+	for {
+		conn, err := d.DialContext(ctx, network, address)
+		if err == nil {
+			return conn, nil
+		}
+		if network != "unix" {
+			return nil, err
+		}
+		if !errors.Is(err, syscall.EAGAIN) {
+			// A unix connect either completes at once or waits for
+			// room in the listen backlog: one still pending when ctx
+			// ends found the monitor busy. The dialer's own deadline
+			// may fire a moment before ctx's.
+			timedOut := errors.Is(err, context.DeadlineExceeded) || errors.Is(err, os.ErrDeadlineExceeded)
+			if done := ctx.Done(); done != nil && (ctx.Err() != nil || timedOut) {
+				busy = err
+				<-done
+				break
+			}
+			return nil, err
+		}
+		busy = err
+		t := time.NewTimer(delay/2 + rand.N(delay))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		delay = min(2*delay, backlogRetryMax)
+	}
+	return nil, fmt.Errorf("listen backlog full (%v): %w: %w", busy, ErrMonitorInUse, ctx.Err())
 }
 
 // parseAddr splits a Dial address into network and address.

@@ -57,7 +57,7 @@ func startQEMUMonitors(tb testing.TB, n int) *qemuProc {
 	p.cmd = exec.Command(bin, args...)
 	p.cmd.Stderr = p.stderr
 	// QEMU dies with the test process even if the test is killed.
-	p.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	p.cmd.SysProcAttr = dieWithTest()
 	if err := p.cmd.Start(); err != nil {
 		tb.Fatalf("start QEMU: %v", err)
 	}

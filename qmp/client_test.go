@@ -309,7 +309,10 @@ func TestContextCancelDuringBlockedWrite(t *testing.T) {
 	})
 	t.Cleanup(func() { close(stop) })
 	c := dial(t, srv.addr)
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	// The deadline leaves time to encode the request and start writing it
+	// even on a loaded machine under the race detector; if it ended before
+	// anything was written the stream would still be usable.
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	huge := map[string]string{"pad": strings.Repeat("x", 4<<20)}
 	start := time.Now()
@@ -317,12 +320,15 @@ func TestContextCancelDuringBlockedWrite(t *testing.T) {
 	if !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, qmp.ErrClosed) {
 		t.Fatalf("Execute with a blocked write = %v, want DeadlineExceeded or ErrClosed", err)
 	}
-	if d := time.Since(start); d > 2*time.Second {
+	if d := time.Since(start); d > 3*time.Second {
 		t.Errorf("Execute returned %v after start; the write was not interrupted", d)
 	}
 	// Part of the request was written, so the stream is unusable: the
-	// client must say so rather than hang.
-	if err := c.Execute(context.Background(), "query-status", nil, nil); !errors.Is(err, qmp.ErrClosed) {
+	// client must say so rather than hang (bounded, so that a regression
+	// fails instead of hanging the test binary).
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel2()
+	if err := c.Execute(ctx2, "query-status", nil, nil); !errors.Is(err, qmp.ErrClosed) {
 		t.Errorf("Execute after a partial write = %v, want ErrClosed", err)
 	}
 }

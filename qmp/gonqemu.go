@@ -10,10 +10,12 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	goqemuqmp "github.com/digitalocean/go-qemu/qmp"
+	"golang.org/x/sys/unix"
 )
 
 // Client also speaks go-qemu's transport interface, so go-qemu's qmp/raw and
@@ -146,8 +148,18 @@ func fromGoQEMUEvent(ge goqemuqmp.Event) Event {
 // subscribers, each with its own unbounded queue, so a slow subscriber no
 // longer blocks the go-qemu monitor's reader. Close calls m.Disconnect.
 //
+// File descriptors: when m has go-qemu's RunWithFile method (as
+// SocketMonitor does), the result also implements FileSender and passes the
+// file with it, one file per command (ExecuteWithFiles with more fails with
+// ErrNoFileSupport). The wrapper hands go-qemu a duplicate of the caller's
+// descriptor, closed once go-qemu's call returns, so the caller's file is
+// neither switched to blocking mode nor needed after ExecuteWithFiles
+// returns. go-qemu's SocketMonitor passes files only when QEMU's greeting
+// offers the "oob" capability (QEMU 2.12 and later) and only over a unix
+// socket. A monitor without RunWithFile gives a result that is not a
+// FileSender.
+//
 // Limits, inherited from go-qemu:
-//   - No file descriptor passing: the result does not implement FileSender.
 //   - go-qemu has no context. Execute runs m.Run in a goroutine and returns
 //     ctx.Err() when ctx ends, but the command is still sent and may still
 //     run in QEMU, and the goroutine lives until m.Run returns (forever, if
@@ -165,13 +177,82 @@ func fromGoQEMUEvent(ge goqemuqmp.Event) Event {
 //     Events sent before the first Subscribe are lost.
 func FromGoQEMU(m goqemuqmp.Monitor) Monitor {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &goQEMUMonitor{
+	g := &goQEMUMonitor{
 		m:       m,
 		closing: make(chan struct{}),
 		ctx:     ctx,
 		cancel:  cancel,
 		subs:    make(map[*eventQueue]struct{}),
 	}
+	if fr, ok := m.(goQEMUFileRunner); ok {
+		return &goQEMUFileMonitor{goQEMUMonitor: g, fr: fr}
+	}
+	return g
+}
+
+// goQEMUFileRunner is go-qemu's SocketMonitor.RunWithFile.
+type goQEMUFileRunner interface {
+	RunWithFile(command []byte, file *os.File) ([]byte, error)
+}
+
+// goQEMUFileMonitor is the Monitor returned by FromGoQEMU for a go-qemu
+// monitor that can pass a file with a command.
+type goQEMUFileMonitor struct {
+	*goQEMUMonitor
+	fr goQEMUFileRunner
+}
+
+var _ FileSender = (*goQEMUFileMonitor)(nil)
+
+// ExecuteWithFiles runs command through the go-qemu monitor's RunWithFile
+// with the one file given (Execute when none); see FromGoQEMU.
+func (g *goQEMUFileMonitor) ExecuteWithFiles(ctx context.Context, command string, args, result any, files ...*os.File) error {
+	switch len(files) {
+	case 0:
+		return g.Execute(ctx, command, args, result)
+	case 1:
+	default:
+		return fmt.Errorf("qmp: %s: go-qemu's RunWithFile passes one file per command, not %d: %w", command, len(files), ErrNoFileSupport)
+	}
+	dup, err := dupFile(files[0])
+	if err != nil {
+		return fmt.Errorf("qmp: %s: %w", command, err)
+	}
+	// The duplicate is closed by whoever finishes with it: the call to
+	// RunWithFile, or this function when execute returns without starting
+	// it (the state goes from 0 to 1 or 2, once).
+	var state atomic.Int32
+	err = g.execute(ctx, command, args, result, func(cmd []byte) ([]byte, error) {
+		if !state.CompareAndSwap(0, 1) {
+			return nil, ErrClosed
+		}
+		defer dup.Close()
+		return g.fr.RunWithFile(cmd, dup)
+	})
+	if state.CompareAndSwap(0, 2) {
+		dup.Close()
+	}
+	return err
+}
+
+// dupFile returns a new *os.File on a close-on-exec duplicate of f's
+// descriptor.
+func dupFile(f *os.File) (*os.File, error) {
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return nil, fmt.Errorf("file %s: %w", f.Name(), err)
+	}
+	nfd := -1
+	var derr error
+	if err := rc.Control(func(fd uintptr) {
+		nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return nil, fmt.Errorf("file %s: %w", f.Name(), err)
+	}
+	if derr != nil {
+		return nil, fmt.Errorf("file %s: dup: %w", f.Name(), derr)
+	}
+	return os.NewFile(uintptr(nfd), f.Name()), nil
 }
 
 // goQEMUMonitor is the Monitor returned by FromGoQEMU.
@@ -195,6 +276,12 @@ type runResult struct {
 
 // Execute runs command through the go-qemu monitor's Run; see FromGoQEMU.
 func (g *goQEMUMonitor) Execute(ctx context.Context, command string, args, result any) error {
+	return g.execute(ctx, command, args, result, g.m.Run)
+}
+
+// execute sends command with run (the go-qemu monitor's Run or
+// RunWithFile) and decodes the reply.
+func (g *goQEMUMonitor) execute(ctx context.Context, command string, args, result any, run func([]byte) ([]byte, error)) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("qmp: %s: %w", command, err)
 	}
@@ -214,7 +301,7 @@ func (g *goQEMUMonitor) Execute(ctx context.Context, command string, args, resul
 
 	ch := make(chan runResult, 1)
 	go func() {
-		out, err := g.m.Run(cmd)
+		out, err := run(cmd)
 		ch <- runResult{out, err}
 	}()
 	var res runResult

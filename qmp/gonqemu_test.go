@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -119,8 +122,13 @@ func TestFromGoQEMUSocketMonitor(t *testing.T) {
 	}
 	m := qmp.FromGoQEMU(sm)
 	t.Cleanup(func() { m.Close() })
-	if _, ok := m.(qmp.FileSender); ok {
-		t.Errorf("FromGoQEMU result claims FileSender")
+	// SocketMonitor has RunWithFile, so the result passes files; a
+	// monitor without it gives a result that does not claim to.
+	if _, ok := m.(qmp.FileSender); !ok {
+		t.Errorf("FromGoQEMU(SocketMonitor) is not a FileSender")
+	}
+	if _, ok := qmp.FromGoQEMU(monitorOnly{sm}).(qmp.FileSender); ok {
+		t.Errorf("FromGoQEMU of a monitor without RunWithFile claims FileSender")
 	}
 
 	st, err := qmp.QueryStatus(context.Background(), m)
@@ -289,5 +297,116 @@ func TestFromGoQEMURawReplies(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("no event")
+	}
+}
+
+// monitorOnly hides every method of a go-qemu monitor but qmp.Monitor's.
+type monitorOnly struct{ goqemuqmp.Monitor }
+
+// TestFromGoQEMUFiles passes a file through go-qemu's RunWithFile: the
+// server receives exactly one descriptor of the same file with the
+// command, and the caller's file stays usable and non-blocking.
+func TestFromGoQEMUFiles(t *testing.T) {
+	got := make(chan [2]uint64, 4) // device and inode of each fd received
+	srv := newScriptServer(t, func(s *serverConn) {
+		if !s.handshake() {
+			return
+		}
+		for {
+			r, err := s.read()
+			if err != nil {
+				return
+			}
+			for _, fd := range r.FDs {
+				var st syscall.Stat_t
+				if syscall.Fstat(fd, &st) == nil {
+					got <- [2]uint64{uint64(st.Dev), uint64(st.Ino)}
+				}
+				syscall.Close(fd)
+			}
+			if r.Execute == "getfd" && len(r.FDs) != 1 {
+				s.replyError(r, "GenericError", fmt.Sprintf("getfd with %d descriptors", len(r.FDs)))
+				continue
+			}
+			s.reply(r, struct{}{})
+		}
+	})
+	sm, err := goqemuqmp.NewSocketMonitor("unix", strings.TrimPrefix(srv.addr, "unix:"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sm.Connect(); err != nil {
+		t.Fatal(err)
+	}
+	m := qmp.FromGoQEMU(sm)
+	t.Cleanup(func() { m.Close() })
+	fsnd := m.(qmp.FileSender)
+	f, err := os.CreateTemp(t.TempDir(), "passed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	var want syscall.Stat_t
+	if err := syscall.Stat(f.Name(), &want); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := fsnd.ExecuteWithFiles(ctx, "getfd", map[string]string{"fdname": "mem"}, nil, f); err != nil {
+		t.Fatalf("ExecuteWithFiles(getfd): %v", err)
+	}
+	select {
+	case g := <-got:
+		if g != [2]uint64{uint64(want.Dev), uint64(want.Ino)} {
+			t.Errorf("server received a descriptor of another file")
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("server received no descriptor")
+	}
+	if _, err := f.WriteString("still mine"); err != nil {
+		t.Errorf("caller's file after ExecuteWithFiles: %v", err)
+	}
+	if err := fsnd.ExecuteWithFiles(ctx, "getfd", map[string]string{"fdname": "x"}, nil, f, f); !errors.Is(err, qmp.ErrNoFileSupport) {
+		t.Errorf("ExecuteWithFiles with two files = %v, want ErrNoFileSupport", err)
+	}
+	if err := fsnd.ExecuteWithFiles(ctx, "query-status", nil, nil); err != nil {
+		t.Errorf("ExecuteWithFiles without files: %v", err)
+	}
+	select {
+	case <-got:
+		t.Errorf("a descriptor was sent with a command that had none")
+	default:
+	}
+}
+
+// TestClientSendsStringIDs: go-qemu's decoders read the reply's id as a
+// string, so the client's ids must be strings.
+func TestClientSendsStringIDs(t *testing.T) {
+	ids := make(chan json.RawMessage, 8)
+	srv := newScriptServer(t, func(s *serverConn) {
+		if !s.handshake() {
+			return
+		}
+		for {
+			r, err := s.read()
+			if err != nil {
+				return
+			}
+			ids <- r.ID
+			s.reply(r, map[string]any{"status": "running", "singlestep": false, "running": true})
+		}
+	})
+	c := dial(t, srv.addr)
+	if _, err := qmp.QueryStatus(context.Background(), c); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Run([]byte(`{"execute":"query-status"}`)); err != nil {
+		t.Fatal(err)
+	}
+	for range 2 {
+		id := <-ids
+		var s string
+		if err := json.Unmarshal(id, &s); err != nil || s == "" {
+			t.Errorf("request id %s is not a non-empty JSON string", id)
+		}
 	}
 }

@@ -97,10 +97,12 @@ var (
 	// ErrClosed is wrapped by every error caused by a closed or lost
 	// connection.
 	ErrClosed = errors.New("qmp: connection closed")
-	// ErrMonitorInUse means QEMU accepted the connection but sent no
-	// greeting before the context ended: QEMU serves one client per
-	// monitor socket and another client holds it.
-	ErrMonitorInUse = errors.New("qmp: monitor in use by another client (no greeting)")
+	// ErrMonitorInUse means Dial could not get QEMU's greeting before the
+	// context ended because other clients hold the monitor: QEMU accepted
+	// the connection but sent no greeting (it serves one client per
+	// monitor socket), or the socket's listen backlog stayed full
+	// (connect returned EAGAIN on every retry).
+	ErrMonitorInUse = errors.New("qmp: monitor in use by another client")
 	// ErrNoFileSupport means the monitor cannot pass file descriptors.
 	ErrNoFileSupport = errors.New("qmp: monitor cannot pass file descriptors")
 )

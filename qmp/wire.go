@@ -156,13 +156,15 @@ func jsonString(v []byte) (string, bool) {
 	return string(inner), true
 }
 
-// parseID parses a reply id this client generated (a decimal number).
+// parseID parses a reply id this client generated: a JSON string of
+// decimal digits, such as "17". The client sends string ids because
+// go-qemu's decoders (and other QMP tooling) declare the id a string.
 func parseID(v []byte) (uint64, bool) {
-	if len(v) == 0 || len(v) > 19 {
+	if len(v) < 3 || len(v) > 21 || v[0] != '"' || v[len(v)-1] != '"' {
 		return 0, false
 	}
 	var n uint64
-	for _, c := range v {
+	for _, c := range v[1 : len(v)-1] {
 		if c < '0' || c > '9' {
 			return 0, false
 		}
@@ -171,5 +173,9 @@ func parseID(v []byte) (uint64, bool) {
 	return n, true
 }
 
-// appendID appends id as the client writes it.
-func appendID(b []byte, id uint64) []byte { return strconv.AppendUint(b, id, 10) }
+// appendID appends id as the client writes it: a JSON string.
+func appendID(b []byte, id uint64) []byte {
+	b = append(b, '"')
+	b = strconv.AppendUint(b, id, 10)
+	return append(b, '"')
+}

@@ -57,7 +57,8 @@ func TestParseIDAndString(t *testing.T) {
 		want uint64
 		ok   bool
 	}{
-		{"1", 1, true}, {"18446744073709", 18446744073709, true}, {`"1"`, 0, false}, {"-1", 0, false}, {"", 0, false},
+		{`"1"`, 1, true}, {`"18446744073709"`, 18446744073709, true}, {"1", 0, false}, {`"-1"`, 0, false},
+		{`""`, 0, false}, {"", 0, false}, {`"1`, 0, false}, {`"1a"`, 0, false},
 	}
 	for _, tt := range ids {
 		if got, ok := parseID([]byte(tt.in)); got != tt.want || ok != tt.ok {
