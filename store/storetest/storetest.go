@@ -55,6 +55,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"LockNoLostUpdate", testLockNoLostUpdate},
 		{"Create", testCreate},
 		{"RemoveAndReparent", testRemoveAndReparent},
+		{"RemoveAndReparentKeepsOthers", testRemoveAndReparentKeepsOthers},
 		{"CanceledContext", testCanceledContext},
 	}
 	for _, tc := range tests {
@@ -608,6 +609,46 @@ func testRemoveAndReparent(t *testing.T, s store.Store) {
 	}
 	if err := store.RemoveAndReparent(ctx, s, DomainA, "root"); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("RemoveAndReparent missing: err = %v, want ErrNotFound", err)
+	}
+}
+
+// testRemoveAndReparentKeepsOthers: re-parenting changes only the
+// children's Parent; grandchildren and unrelated records stay as they were.
+func testRemoveAndReparentKeepsOthers(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	// root -> mid -> child -> grandchild; root -> other.
+	var all []*store.Record
+	for i, x := range []struct{ name, parent string }{
+		{"root", ""}, {"mid", "root"}, {"child", "mid"}, {"grandchild", "child"}, {"other", "root"},
+	} {
+		r := Sample(x.name, t0.Add(time.Duration(i)*time.Second))
+		r.Parent = x.parent
+		mustPut(t, s, DomainA, r)
+		all = append(all, r)
+	}
+	if err := store.RemoveAndReparent(ctx, s, DomainA, "mid"); err != nil {
+		t.Fatalf("RemoveAndReparent: %v", err)
+	}
+	for _, want := range all {
+		got, err := s.Get(ctx, DomainA, want.Name)
+		if want.Name == "mid" {
+			if !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("Get(mid) after removing it: %v, want ErrNotFound", err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("Get(%s): %v", want.Name, err)
+			continue
+		}
+		if want.Name == "child" {
+			w := *want
+			w.Parent = "root"
+			want = &w
+		}
+		if diff := cmp.Diff(want, got, RecordOptions); diff != "" {
+			t.Errorf("record %s after removing mid (-want +got):\n%s", want.Name, diff)
+		}
 	}
 }
 
