@@ -16,10 +16,18 @@ type CreateSpec struct {
 	// Description is free text stored with the snapshot.
 	Description string
 	// Disks chooses the disks (by device, node name or image file); empty
-	// means every writable qcow2 disk.
+	// means every writable disk. The writable disks not chosen are left
+	// out explicitly, as with Exclude.
 	Disks []string
+	// Exclude leaves disks out of the snapshot (by device, node name or
+	// image file), the way libvirt's snapshot='no' does. The snapshot
+	// records them (DomainSnapshot.Excluded), and a revert does not
+	// restore them. Without it, a writable disk that cannot take part
+	// (a raw image in an internal snapshot, a -snapshot disk) fails the
+	// create, naming the disk; read-only media are never part of one.
+	Exclude []string
 	// VMStateDisk chooses the disk that holds an internal snapshot's memory
-	// state; empty means the first chosen disk.
+	// state; empty means the first chosen disk that is not firmware.
 	VMStateDisk string
 	// Config is recorded with the snapshot; nil means Options.Config.
 	Config []byte
@@ -116,14 +124,11 @@ func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec Creat
 	if err != nil {
 		return nil, err
 	}
-	canSnap := Disk.canSnapshotInternally
-	if p.kind.external() {
-		canSnap = Disk.canSnapshotExternally
-	}
-	disks, err := selectDisks(all, spec.Disks, canSnap)
+	choice, err := p.chooseDisks(all, spec.Disks, spec.Exclude, spec.VMStateDisk)
 	if err != nil {
 		return nil, err
 	}
+	disks := choice.take
 	if !p.kind.external() {
 		for _, dk := range disks {
 			if _, ok := dk.snapshot(spec.Name); ok {
@@ -164,7 +169,8 @@ func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec Creat
 	} else {
 		return nil, err
 	}
-	c := &creation{d: d, op: op, s: s, plan: p, disks: disks, all: all, wasRunning: wasRunning, meta: p.record}
+	s.Excluded = diskNames(choice.excluded)
+	c := &creation{d: d, op: op, s: s, plan: p, disks: disks, vmstate: choice.vmstate, wasRunning: wasRunning, meta: p.record}
 	if p.kind.external() {
 		err = c.external(ctx, spec)
 	} else {
@@ -189,7 +195,8 @@ type creation struct {
 	op         *Op[*DomainSnapshot]
 	s          *DomainSnapshot
 	plan       createPlan
-	disks, all []Disk
+	disks      []Disk
+	vmstate    Disk
 	wasRunning bool
 	meta       bool
 }
@@ -228,19 +235,9 @@ func (c *creation) finish(ctx context.Context) error {
 // full with the snapshot-save job (or HMP savevm).
 func (c *creation) internal(ctx context.Context, spec CreateSpec) error {
 	d, s, disks := c.d, c.s, c.disks
-	vmstate := disks[0]
+	vmstate := c.vmstate
 	if c.plan.kind == kindInternalFull {
-		if spec.VMStateDisk != "" {
-			vs, err := selectDisks(disks, []string{spec.VMStateDisk}, Disk.canSnapshotInternally)
-			if err != nil {
-				return fmt.Errorf("vmstate disk: %w", err)
-			}
-			vmstate = vs[0]
-		}
 		s.Memory = Memory{Kind: MemoryInternal, Node: vmstate.Node}
-		if err := c.plan.checkDiskChoice(len(disks), countInternalCapable(c.all), d.features.Version.String()); err != nil {
-			return err
-		}
 	}
 	for _, dk := range disks {
 		s.Disks = append(s.Disks, DiskSnapshot{Device: dk.Device, Node: dk.Node, File: dk.File, Kind: DiskInternal, Name: s.Name})
@@ -285,16 +282,6 @@ func (c *creation) internal(ctx context.Context, spec CreateSpec) error {
 		return d.undoCreate(ctx, s, c.wasRunning, c.meta, err)
 	}
 	return nil
-}
-
-func countInternalCapable(all []Disk) int {
-	n := 0
-	for _, d := range all {
-		if d.canSnapshotInternally() {
-			n++
-		}
-	}
-	return n
 }
 
 // fillFromDisks copies QEMU's view of each disk snapshot into s.

@@ -117,18 +117,43 @@ func (d *Domain) deleteFromImages(ctx context.Context, p deletePlan, r *store.Re
 		return d.deleteExternal(ctx, r, disks, false)
 	}
 	have := holding(disks, s.Disks, s.Name)
+	// A disk the record names that QEMU no longer has (hot-unplugged) keeps
+	// the snapshot in its image: the record keeps naming it, and the
+	// delete says so instead of reporting success.
+	var unreached []DiskSnapshot
+	for _, ds := range s.Disks {
+		if _, ok := matchDisk(disks, ds); !ok {
+			unreached = append(unreached, ds)
+		}
+	}
+	unreachedErr := func() error {
+		var names []string
+		for _, ds := range unreached {
+			names = append(names, fmt.Sprintf("%s (%s)", diskLabel(ds), ds.File))
+		}
+		return &DiskError{Disk: diskLabel(unreached[0]), Err: fmt.Errorf("%w: disks %v are not attached: their images still hold the snapshot; attach them and delete again, or delete with DeleteMetadataOnly to forget them", ErrInconsistent, names)}
+	}
 	if len(have) == 0 {
+		if len(unreached) > 0 {
+			return d.keepPartial(ctx, r, unreached, unreachedErr())
+		}
 		return nil
 	}
 	if p.method == deleteByDisk {
 		left, err := d.images.deleteInternal(ctx, have, s.Name)
+		if err == nil && len(unreached) > 0 {
+			err = unreachedErr()
+		}
 		if err != nil {
-			return d.keepPartial(ctx, r, left, err)
+			return d.keepPartial(ctx, r, append(left, unreached...), err)
 		}
 		return nil
 	}
 	err := d.vmstate.Delete(ctx, s.Name, snapshotNodes(have))
 	if err == nil {
+		if len(unreached) > 0 {
+			return d.keepPartial(ctx, r, unreached, unreachedErr())
+		}
 		return nil
 	}
 	// Which disks still hold it? When QEMU cannot say (a lost connection),

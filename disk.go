@@ -2,6 +2,8 @@ package vmsnap
 
 import (
 	"fmt"
+	"slices"
+	"strings"
 
 	"github.com/vmsnap/vmsnap/internal/qemu"
 	"github.com/vmsnap/vmsnap/internal/qemuimg"
@@ -30,6 +32,11 @@ type Disk struct {
 	// Buried maps the tags of internal snapshots in the backing images
 	// (under an external snapshot's overlay) to the image holding them.
 	Buried map[string]string
+	// Firmware is true for a pflash device (UEFI code or variables).
+	Firmware bool
+	// Temporary is true for a disk whose writes go to a temporary overlay
+	// QEMU throws away when it exits (-snapshot, snapshot=on).
+	Temporary bool
 }
 
 // diskFromImage builds a Disk from what QEMU or qemu-img says of its top
@@ -72,7 +79,10 @@ func disksFromBlock(blocks []qemu.BlockDevice) []Disk {
 		if in == nil {
 			continue
 		}
-		disks = append(disks, diskFromImage(b.Name(), in.Node, in.Driver, in.File, in.ReadOnly, &in.Image))
+		dk := diskFromImage(b.Name(), in.Node, in.Driver, in.File, in.ReadOnly, &in.Image)
+		dk.Firmware = strings.HasPrefix(b.Device, "pflash") || strings.HasPrefix(b.QDev, "/machine/system.flash")
+		dk.Temporary = in.Temporary()
+		disks = append(disks, dk)
 	}
 	return disks
 }
@@ -94,13 +104,6 @@ func (d Disk) snapshot(tag string) (DiskSnapshot, bool) {
 	}
 	return DiskSnapshot{}, false
 }
-
-// canSnapshotInternally reports whether the disk can hold internal snapshots.
-func (d Disk) canSnapshotInternally() bool { return d.Format == "qcow2" && !d.ReadOnly }
-
-// canSnapshotExternally reports whether a qcow2 overlay can be put on the
-// disk: any writable image QEMU reports a file name for.
-func (d Disk) canSnapshotExternally() bool { return !d.ReadOnly && d.File != "" && d.Node != "" }
 
 // buried returns, for each of snaps whose internal snapshot tag is not in
 // its disk's top image but in a backing image (an external snapshot was
@@ -158,51 +161,18 @@ func nodeNames(disks []Disk) []string {
 	return nodes
 }
 
-// selectDisks picks the disks named in want (by device, node or file), or
-// every disk that keep accepts when want is empty.
-func selectDisks(all []Disk, want []string, keep func(Disk) bool) ([]Disk, error) {
-	if len(want) == 0 {
-		var out []Disk
-		for _, d := range all {
-			if keep(d) {
-				out = append(out, d)
-			}
-		}
-		if len(out) == 0 {
-			return nil, ErrNoDisks
-		}
-		return out, nil
-	}
-	var out []Disk
-	seen := map[string]bool{}
-	for _, w := range want {
-		found := false
-		for _, d := range all {
-			if w == d.Device || w == d.Node || w == d.File {
-				if !keep(d) {
-					return nil, &DiskError{Disk: w, Err: fmt.Errorf("%w: %s image cannot hold this snapshot", ErrUnsupported, d.Format)}
-				}
-				if !seen[d.Node] {
-					seen[d.Node] = true
-					out = append(out, d)
-				}
-				found = true
-				break
-			}
-		}
-		if !found {
-			return nil, &DiskError{Disk: w, Err: fmt.Errorf("%w: no such disk", ErrNotFound)}
-		}
-	}
-	return out, nil
-}
-
-// matchDisk finds the disk that ds was taken of: same node, else same
-// device, else same image file (node names change when QEMU restarts).
+// matchDisk finds the disk that ds was taken of: same node and file, else
+// same device on that image or a chain above it, else same image file
+// (node names change when QEMU restarts).
 func matchDisk(disks []Disk, ds DiskSnapshot) (Disk, bool) {
 	for _, by := range []func(Disk) bool{
 		func(d Disk) bool { return ds.Node != "" && d.Node == ds.Node && d.File == ds.File },
-		func(d Disk) bool { return ds.Device != "" && d.Device == ds.Device },
+		// Same device on the same image or on a chain above it (an
+		// overlay was put on it since); a device of that name on other
+		// images is another disk.
+		func(d Disk) bool {
+			return ds.Device != "" && d.Device == ds.Device && (ds.File == "" || d.File == ds.File || slices.Contains(d.Backing, ds.File))
+		},
 		func(d Disk) bool { return ds.File != "" && d.File == ds.File },
 	} {
 		for _, d := range disks {
@@ -219,4 +189,22 @@ func diskLabel(d DiskSnapshot) string {
 		return d.Device
 	}
 	return d.Node
+}
+
+// findDevice finds the attached disk that plays ds's part, whatever image
+// it runs on now: same node, else same device, else same image file. A
+// relaunch uses it to know which disk to put new images on.
+func findDevice(disks []Disk, ds DiskSnapshot) (Disk, bool) {
+	for _, by := range []func(Disk) bool{
+		func(d Disk) bool { return ds.Node != "" && d.Node == ds.Node },
+		func(d Disk) bool { return ds.Device != "" && d.Device == ds.Device },
+		func(d Disk) bool { return ds.File != "" && d.File == ds.File },
+	} {
+		for _, d := range disks {
+			if by(d) {
+				return d, true
+			}
+		}
+	}
+	return Disk{}, false
 }

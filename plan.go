@@ -162,15 +162,6 @@ func planCreate(flags CreateFlags, e env) (createPlan, error) {
 	return p, nil
 }
 
-// checkDiskChoice refuses a subset of the disks where the backend snaps
-// them all: HMP savevm takes every internal-capable disk.
-func (p createPlan) checkDiskChoice(chosen, capable int, version string) error {
-	if p.vmstate == vmstateHMP && chosen != capable {
-		return fmt.Errorf("%w: this QEMU (%s) has no snapshot-save; its HMP savevm snaps every disk, so a subset of disks cannot be chosen", ErrUnsupported, version)
-	}
-	return nil
-}
-
 // revertMethod is how a revert is carried out.
 type revertMethod int
 

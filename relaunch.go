@@ -103,7 +103,7 @@ func (d *Domain) revertRelaunch(ctx context.Context, op *Op[*DomainSnapshot], s 
 	}
 	stamp := strconv.FormatInt(time.Now().UnixNano(), 36)
 	for _, ds := range s.Disks {
-		dk, ok := matchDisk(disks, ds)
+		dk, ok := findDevice(disks, ds)
 		if !ok {
 			return nil, &DiskError{Disk: diskLabel(ds), Err: fmt.Errorf("%w: the disk is not attached", ErrInconsistent)}
 		}
