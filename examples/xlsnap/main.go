@@ -5,7 +5,7 @@
 // Usage:
 //
 //	xlsnap [global options] snapshot-create [-n NAME] [-d DESCRIPTION] [--disk-only] [--external] [--live] [--quiesce] DOMAIN
-//	xlsnap [global options] snapshot-list [--long | --tree | --json] DOMAIN [NAME]
+//	xlsnap [global options] snapshot-list [--long | --tree | --json] [--strict] DOMAIN [NAME]
 //	xlsnap [global options] snapshot-revert -n NAME [--running | --paused] [--force] DOMAIN
 //	xlsnap [global options] snapshot-delete -n NAME [--children] [--metadata-only] DOMAIN
 //
@@ -18,6 +18,8 @@
 //	                       like a shell would, but no shell runs it)
 //	--launch-config FILE   the same, one argv word per line
 //	--agent SOCKET         the guest agent's socket, for snapshot-create --quiesce
+//	--memory-dir DIR       where external snapshots' memory files go (default:
+//	                       the domain's directory under --store)
 //	--timeout DURATION     how long to wait for the monitor and the agent (default 10s)
 //
 // The metadata of a domain is keyed by the UUID QEMU reports (query-uuid).
@@ -56,6 +58,14 @@
 //
 // With NAME, only that snapshot is printed (in --json still as an array).
 //
+// A record that cannot be read (damaged, unsafe or foreign) concerns only
+// its own snapshot: snapshot-list shows it as a problem entry ("(unreadable
+// record: WHY)"; in --json an object with state "unreadable", the reason
+// in problems and the other strings empty) and still exits 0, unless
+// --strict is given: then it exits 1 after printing the listing. The other
+// snapshots can be reverted and deleted, and
+// snapshot-delete --metadata-only -n NAME removes the bad record.
+//
 // A failed command prints one line on stderr naming the snapshot and what
 // went wrong, and exits with status 1; a usage error exits with status 2.
 // While a memory state is written and stderr is a terminal, a progress bar
@@ -65,7 +75,19 @@
 // --launch-config, whose command line must serve QMP on DOMAIN (e.g.
 // -qmp unix:DOMAIN,server=on,wait=off) and name the disks' images; the
 // images are replaced by those the revert asks for. Without one such a
-// revert is refused.
+// revert is refused. QEMU's output goes to qemu.log in the domain's
+// directory under --store (or under --memory-dir for a store that is not a
+// directory).
+//
+// When no QEMU serves DOMAIN (nothing listens, or the socket file is
+// missing) and --launch-cmd or --launch-config and --uuid are given, a
+// revert that restarts QEMU may have been cut short after the old QEMU
+// stopped: any command then finishes that revert first, which starts QEMU
+// again, and goes on. With no such revert pending it fails as before.
+//
+// The command logic is the package xlsnapcli, so that another build of
+// xlsnap can bring its own store (store/etcdstore's cmd/xlsnap-etcd keeps
+// the metadata in etcd).
 package main
 
 import (
@@ -73,11 +95,13 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/vmsnap/vmsnap/examples/xlsnap/xlsnapcli"
 )
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	code := xlsnapcli.Run(ctx, os.Args[1:], os.Stdout, os.Stderr, xlsnapcli.Config{})
 	stop()
 	os.Exit(code)
 }

@@ -558,7 +558,7 @@ func revertExternal(t *testing.T, bin string, vm *qemutest.VM, sock, st string) 
 	start = time.Now()
 	r := xl(t, bin, cmd("--launch-config", cfg, "snapshot-revert", "-n", "ext1", "--paused", sock)...)
 	// Whatever happened, a QEMU that xlsnap started is this test's to end.
-	newPid := peerPid(nil, vm.Socket)
+	newPid := peerPid(vm.Socket)
 	if newPid != 0 && newPid != oldPid {
 		t.Cleanup(func() { killAndWait(t, newPid) })
 	}

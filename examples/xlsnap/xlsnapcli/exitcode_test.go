@@ -1,4 +1,4 @@
-package main
+package xlsnapcli
 
 import (
 	"strings"
@@ -19,6 +19,8 @@ func TestExitCodes(t *testing.T) {
 		{[]string{"snapshot-list", "--timeout", "-1s", "/nonexistent.sock"}, 2, "--timeout must be positive"},
 		{[]string{"snapshot-create", "--quiesce", "/nonexistent.sock"}, 2, "--agent"},
 		{[]string{"snapshot-create", "-n", ".bad", "/nonexistent.sock"}, 1, `".bad"`},
+		{[]string{"snapshot-create", "-n", "", "/nonexistent.sock"}, 2, "empty snapshot name"},
+		{[]string{"snapshot-create", "--n=", "/nonexistent.sock"}, 2, "empty snapshot name"},
 	} {
 		code, _, stderr := runIn(t, tc.args...)
 		if code != tc.want {

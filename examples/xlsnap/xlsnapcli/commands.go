@@ -1,12 +1,14 @@
-package main
+package xlsnapcli
 
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 
 	"github.com/vmsnap/vmsnap"
+	"github.com/vmsnap/vmsnap/store"
 )
 
 // oneDomain checks that exactly one positional argument, DOMAIN, is left
@@ -49,6 +51,9 @@ func cmdCreate(ctx context.Context, g *globals, args []string, stdout, stderr io
 	if err != nil {
 		return err
 	}
+	if spec.Name == "" && isSet(fs, "n") {
+		return usagef("-n: empty snapshot name (leave -n out for the default name, the creation time in epoch seconds)")
+	}
 	var flags vmsnap.CreateFlags
 	for _, f := range []struct {
 		set  bool
@@ -58,7 +63,7 @@ func cmdCreate(ctx context.Context, g *globals, args []string, stdout, stderr io
 			flags |= f.flag
 		}
 	}
-	if spec.Name != "" {
+	if isSet(fs, "n") {
 		if err := vmsnap.ValidateName(spec.Name); err != nil {
 			return fmt.Errorf("snapshot %q: %w", spec.Name, err)
 		}
@@ -159,19 +164,49 @@ func cmdDelete(ctx context.Context, g *globals, args []string, stdout, stderr io
 	}
 	defer s.close()
 	deleted, err := wait(ctx, s.dom.Delete(ctx, name, flags))
+	if err != nil && metadataOnly && !children && len(deleted) == 0 {
+		if ok, rmErr := removeUnreadable(ctx, s, name); ok {
+			deleted, err = []string{name}, rmErr
+			if rmErr != nil {
+				deleted = nil
+			}
+		}
+	}
 	for _, n := range deleted {
 		fmt.Fprintln(stdout, n)
 	}
 	return err
 }
 
+// removeUnreadable removes the record of snapshot name when it cannot be
+// read, under the domain's store lock: a metadata-only delete of a
+// damaged record touches nothing but that record. ok is false when the
+// record is readable or absent (the engine's error then stands).
+func removeUnreadable(ctx context.Context, s *session, name string) (ok bool, err error) {
+	uuid := s.dom.UUID()
+	unlock, err := s.store.Lock(ctx, uuid)
+	if err != nil {
+		return false, nil
+	}
+	defer unlock()
+	_, getErr := s.store.Get(ctx, uuid, name)
+	if getErr == nil || errors.Is(getErr, store.ErrNotFound) || len(store.RecordErrors(getErr)) == 0 {
+		return false, nil
+	}
+	if err := s.store.Delete(ctx, uuid, name); err != nil {
+		return true, fmt.Errorf("snapshot %q: remove its unreadable record: %w", name, err)
+	}
+	return true, nil
+}
+
 func cmdList(ctx context.Context, g *globals, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("snapshot-list")
 	g.register(fs)
-	var long, tree, asJSON bool
+	var long, tree, asJSON, strict bool
 	fs.BoolVar(&long, "long", false, "print every field")
 	fs.BoolVar(&tree, "tree", false, "print the snapshot tree")
 	fs.BoolVar(&asJSON, "json", false, "print a JSON array")
+	fs.BoolVar(&strict, "strict", false, "exit 1 when a record cannot be read")
 	pos, err := parseArgs(fs, args)
 	if err != nil {
 		return err
@@ -195,37 +230,67 @@ func cmdList(ctx context.Context, g *globals, args []string, stdout, stderr io.W
 	}
 	defer s.close()
 	l, listErr := wait(ctx, s.dom.List(ctx, 0))
+	// A record that cannot be read concerns its own snapshot only: it is
+	// listed as a problem entry with the others, and fails the command
+	// only with --strict. Any other error fails it after the listing.
+	bad, otherErr := splitRecordErrors(listErr)
 	if l == nil {
-		return listErr
+		if otherErr != nil || len(bad) == 0 {
+			return listErr
+		}
+		l = &vmsnap.Listing{}
 	}
-	// With a damaged record, List returns the good ones and an error: print
-	// them, then fail with that error.
 	if name != "" {
-		l = only(l, name)
-		if len(l.Snapshots) == 0 && len(l.Untracked) == 0 {
-			if listErr != nil {
-				return listErr
+		l, bad = only(l, name), bad.only(name)
+		if len(l.Snapshots) == 0 && len(l.Untracked) == 0 && len(bad) == 0 {
+			if otherErr != nil {
+				return otherErr
 			}
 			return fmt.Errorf("snapshot %q: %w in domain %s", name, vmsnap.ErrNotFound, s.dom.UUID())
 		}
-		if asJSON && len(l.Snapshots) == 0 {
+		if asJSON && len(l.Snapshots) == 0 && len(bad) == 0 {
 			// The JSON array holds recorded snapshots only.
 			return fmt.Errorf("snapshot %q: %w in the metadata of domain %s: QEMU holds it untracked (the other formats show it)", name, vmsnap.ErrNotFound, s.dom.UUID())
 		}
 	}
 	switch {
 	case asJSON:
-		if err := printJSON(stdout, l); err != nil {
+		if err := printJSON(stdout, l, bad); err != nil {
 			return err
 		}
 	case tree:
-		printTree(stdout, l)
+		printTree(stdout, l, bad)
 	case long:
-		printLong(stdout, l)
+		printLong(stdout, l, bad)
 	default:
-		printPlain(stdout, l)
+		printPlain(stdout, l, bad)
 	}
-	return listErr
+	if otherErr != nil {
+		return otherErr
+	}
+	if strict && len(bad) > 0 {
+		return fmt.Errorf("%d snapshot record(s) cannot be read (--strict): %w", len(bad), errors.Join(recordErrs(bad)...))
+	}
+	return nil
+}
+
+func recordErrs(bad unreadable) []error {
+	out := make([]error, len(bad))
+	for i, e := range bad {
+		out[i] = e
+	}
+	return out
+}
+
+// isSet reports whether the option name was given on the command line.
+func isSet(fs *flag.FlagSet, name string) bool {
+	set := false
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == name {
+			set = true
+		}
+	})
+	return set
 }
 
 // withName makes an error from before the operation started name the

@@ -1,6 +1,6 @@
 //go:build !linux
 
-package main
+package xlsnapcli
 
 import "github.com/vmsnap/vmsnap/qmp"
 

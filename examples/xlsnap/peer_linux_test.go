@@ -4,15 +4,11 @@ import (
 	"net"
 	"syscall"
 	"time"
-
-	"github.com/vmsnap/vmsnap/qmp"
 )
 
 // peerPid returns the pid of the process serving the unix socket at path
-// (SO_PEERCRED carries the listener's credentials), 0 when unknown. The
-// probe connection waits in QEMU's backlog while mon holds the monitor and
-// is closed at once.
-func peerPid(_ qmp.Monitor, path string) int {
+// (SO_PEERCRED), 0 when nothing answers.
+func peerPid(path string) int {
 	c, err := net.DialTimeout("unix", path, time.Second)
 	if err != nil {
 		return 0

@@ -1,4 +1,4 @@
-package main
+package xlsnapcli
 
 import (
 	"bytes"
@@ -21,7 +21,7 @@ func runIn(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var o, e bytes.Buffer
-	code = run(ctx, args, &o, &e)
+	code = Run(ctx, args, &o, &e, Config{})
 	return code, o.String(), e.String()
 }
 
@@ -164,7 +164,7 @@ func TestFormatting(t *testing.T) {
 		Downtime: 12500 * time.Microsecond,
 	}
 	var buf bytes.Buffer
-	if err := printJSON(&buf, &vmsnap.Listing{Snapshots: []*vmsnap.DomainSnapshot{s}}); err != nil {
+	if err := printJSON(&buf, &vmsnap.Listing{Snapshots: []*vmsnap.DomainSnapshot{s}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	var got []map[string]any

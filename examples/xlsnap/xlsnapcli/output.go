@@ -1,4 +1,4 @@
-package main
+package xlsnapcli
 
 import (
 	"encoding/json"
@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vmsnap/vmsnap"
+	"github.com/vmsnap/vmsnap/store"
 )
 
 // timeLayout is how text output shows times: local time, to the second.
@@ -29,6 +30,71 @@ func only(l *vmsnap.Listing, name string) *vmsnap.Listing {
 	return out
 }
 
+// unreadable are the records a listing could not read: each concerns its
+// own snapshot only and is shown as a problem entry.
+type unreadable []*store.RecordError
+
+// splitRecordErrors separates, in a List error, the records that could not
+// be read from the rest: other is nil when err is made of
+// *store.RecordError values only (joined and wrapped, as List returns
+// them), else err itself.
+func splitRecordErrors(err error) (bad unreadable, other error) {
+	if err == nil {
+		return nil, nil
+	}
+	onlyRecords := true
+	var walk func(error)
+	walk = func(err error) {
+		switch e := err.(type) {
+		case nil:
+		case *store.RecordError:
+			bad = append(bad, e)
+		case interface{ Unwrap() []error }:
+			for _, b := range e.Unwrap() {
+				walk(b)
+			}
+		case interface{ Unwrap() error }:
+			if inner := e.Unwrap(); inner != nil {
+				walk(inner)
+			} else {
+				onlyRecords = false
+			}
+		default:
+			onlyRecords = false
+		}
+	}
+	walk(err)
+	if !onlyRecords || len(bad) == 0 {
+		return bad, err
+	}
+	return bad, nil
+}
+
+// badName is how a listing names an unreadable record: its snapshot name, or its path
+// when the file name maps to no valid snapshot name.
+func badName(e *store.RecordError) string {
+	if e.Name != "" {
+		return e.Name
+	}
+	return e.Path
+}
+
+// only keeps the unreadable record of snapshot name.
+func (u unreadable) only(name string) unreadable {
+	var out unreadable
+	for _, e := range u {
+		if e.Name == name {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// badProblem is the one-line reason an unreadable record is shown for.
+func badProblem(e *store.RecordError) string {
+	return "the record cannot be read: " + oneLine(e.Error())
+}
+
 // untrackedTime is the earliest date among the disks holding u.
 func untrackedTime(u vmsnap.Untracked) time.Time {
 	var t time.Time
@@ -48,11 +114,14 @@ func showTime(t time.Time) string {
 }
 
 // printPlain prints one snapshot per line, as xl list does.
-func printPlain(w io.Writer, l *vmsnap.Listing) {
+func printPlain(w io.Writer, l *vmsnap.Listing, bad unreadable) {
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', 0)
 	fmt.Fprintln(tw, "Name\tCreation time\t")
 	for _, s := range l.Snapshots {
 		fmt.Fprintf(tw, "%s\t%s\t\n", s.Name, showTime(s.CreationTime))
+	}
+	for _, e := range bad {
+		fmt.Fprintf(tw, "%s\t-\t(unreadable record: %s)\n", badName(e), oneLine(e.Error()))
 	}
 	for _, u := range l.Untracked {
 		fmt.Fprintf(tw, "%s\t%s\t(untracked)\n", u.Name, showTime(untrackedTime(u)))
@@ -61,7 +130,7 @@ func printPlain(w io.Writer, l *vmsnap.Listing) {
 }
 
 // printLong prints every field of every snapshot, a blank line between.
-func printLong(w io.Writer, l *vmsnap.Listing) {
+func printLong(w io.Writer, l *vmsnap.Listing, bad unreadable) {
 	for i, s := range l.Snapshots {
 		if i > 0 {
 			fmt.Fprintln(w)
@@ -95,8 +164,14 @@ func printLong(w io.Writer, l *vmsnap.Listing) {
 			fmt.Fprintf(w, "problem: %s\n", p)
 		}
 	}
+	for i, e := range bad {
+		if i > 0 || len(l.Snapshots) > 0 {
+			fmt.Fprintln(w)
+		}
+		fmt.Fprintf(w, "name:          %s\nrecord:        %s\nproblem:       %s\n", badName(e), e.Path, badProblem(e))
+	}
 	for _, u := range l.Untracked {
-		if len(l.Snapshots) > 0 {
+		if len(l.Snapshots) > 0 || len(bad) > 0 {
 			fmt.Fprintln(w)
 		}
 		fmt.Fprintf(w, "name:          %s\nuntracked:     in the images, no record (adopt it to manage it)\n", u.Name)
@@ -108,7 +183,7 @@ func printLong(w io.Writer, l *vmsnap.Listing) {
 }
 
 // printTree draws the snapshots by parent; "*" marks the current one.
-func printTree(w io.Writer, l *vmsnap.Listing) {
+func printTree(w io.Writer, l *vmsnap.Listing, bad unreadable) {
 	var walk func(n *vmsnap.TreeNode, prefix, branch string)
 	walk = func(n *vmsnap.TreeNode, prefix, branch string) {
 		mark := ""
@@ -132,6 +207,9 @@ func printTree(w io.Writer, l *vmsnap.Listing) {
 	}
 	for _, r := range l.Tree() {
 		walk(r, "", "")
+	}
+	for _, e := range bad {
+		fmt.Fprintf(w, "%s  - (unreadable record: %s)\n", badName(e), oneLine(e.Error()))
 	}
 	for _, u := range l.Untracked {
 		fmt.Fprintf(w, "%s  %s (untracked)\n", u.Name, showTime(untrackedTime(u)))
@@ -194,8 +272,11 @@ func toJSON(s *vmsnap.DomainSnapshot) jsonSnapshot {
 		Current:      s.Current,
 		Memory:       jsonMemory{Kind: string(s.Memory.Kind), Node: s.Memory.Node, File: s.Memory.File},
 		Disks:        []jsonDisk{},
-		Problems:     append([]string{}, s.Problems...),
+		Problems:     []string{},
 		DowntimeMS:   float64(s.Downtime.Microseconds()) / 1000,
+	}
+	for _, p := range s.Problems {
+		j.Problems = append(j.Problems, fmt.Sprint(p))
 	}
 	for _, d := range s.Disks {
 		j.Disks = append(j.Disks, jsonDisk{
@@ -206,11 +287,15 @@ func toJSON(s *vmsnap.DomainSnapshot) jsonSnapshot {
 	return j
 }
 
-// printJSON prints the recorded snapshots as a JSON array.
-func printJSON(w io.Writer, l *vmsnap.Listing) error {
+// printJSON prints the recorded snapshots as a JSON array, the records
+// that cannot be read as objects with state "unreadable".
+func printJSON(w io.Writer, l *vmsnap.Listing, bad unreadable) error {
 	out := []jsonSnapshot{}
 	for _, s := range l.Snapshots {
 		out = append(out, toJSON(s))
+	}
+	for _, e := range bad {
+		out = append(out, jsonSnapshot{Name: e.Name, State: "unreadable", Disks: []jsonDisk{}, Problems: []string{badProblem(e)}})
 	}
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

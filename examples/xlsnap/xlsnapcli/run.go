@@ -1,4 +1,4 @@
-package main
+package xlsnapcli
 
 import (
 	"context"
@@ -19,9 +19,9 @@ const (
 	exitUsage = 2
 )
 
-const usageText = `usage: xlsnap [--store DIR] [--uuid UUID] [--launch-cmd CMDLINE | --launch-config FILE] [--agent SOCKET] [--timeout D] COMMAND ...
+const usageText = `usage: xlsnap [--store DIR] [--uuid UUID] [--launch-cmd CMDLINE | --launch-config FILE] [--agent SOCKET] [--memory-dir DIR] [--timeout D] COMMAND ...
   snapshot-create [-n NAME] [-d DESCRIPTION] [--disk-only] [--external] [--live] [--quiesce] DOMAIN
-  snapshot-list [--long | --tree | --json] DOMAIN [NAME]
+  snapshot-list [--long | --tree | --json] [--strict] DOMAIN [NAME]
   snapshot-revert -n NAME [--running | --paused] [--force] DOMAIN
   snapshot-delete -n NAME [--children] [--metadata-only] DOMAIN
 DOMAIN is the path of the domain's QMP unix socket; --quiesce needs the
@@ -35,7 +35,11 @@ type globals struct {
 	launchCmd    string
 	launchConfig string
 	agent        string
+	memoryDir    string
 	timeout      time.Duration
+	cfg          Config
+	// extra registers the options a build of xlsnap adds (Config.RegisterFlags).
+	extra func(fs *flag.FlagSet)
 }
 
 // register adds the global options to fs with g's current values as
@@ -47,7 +51,11 @@ func (g *globals) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.launchCmd, "launch-cmd", g.launchCmd, "QEMU `CMDLINE` to restart the domain with (no shell runs it)")
 	fs.StringVar(&g.launchConfig, "launch-config", g.launchConfig, "`FILE` with the QEMU command line, one argv word per line")
 	fs.StringVar(&g.agent, "agent", g.agent, "the guest agent's unix `SOCKET`, for snapshot-create --quiesce")
+	fs.StringVar(&g.memoryDir, "memory-dir", g.memoryDir, "`DIR` for external snapshots' memory files (default: beside the metadata of a file store)")
 	fs.DurationVar(&g.timeout, "timeout", g.timeout, "how long to wait for the domain's monitor")
+	if g.extra != nil {
+		g.extra(fs)
+	}
 }
 
 // usageError is a command line the program cannot run: exit status 2.
@@ -60,6 +68,45 @@ func usagef(format string, args ...any) error { return &usageError{msg: fmt.Spri
 // command is one subcommand: it parses its own arguments and runs.
 type command func(ctx context.Context, g *globals, args []string, stdout, stderr io.Writer) error
 
+// Config is what a build of xlsnap adds to the commands: more global
+// options and the store that --store opens. The zero Config is the
+// default build, with the file store.
+type Config struct {
+	// RegisterFlags, when not nil, adds global options to fs. It is called
+	// for every flag set the global options are parsed with (before the
+	// subcommand and again after it), so it must register its flags with
+	// their current values as defaults, e.g.
+	// fs.StringVar(&v, "name", v, "usage").
+	RegisterFlags func(fs *flag.FlagSet)
+	// OpenStore opens the metadata store that --store names (store.DefaultRoot
+	// when the option is not given) and returns a function that releases
+	// it when the command ends. Nil opens a store.FileStore rooted at the
+	// directory spec.
+	OpenStore func(ctx context.Context, spec string) (s store.Store, closeStore func() error, err error)
+	// Usage, when not empty, is appended to the usage message: a line per
+	// option that RegisterFlags adds, and what else --store accepts.
+	Usage string
+}
+
+// openStore opens spec with c.OpenStore, or as a file store.
+func (c Config) openStore(ctx context.Context, spec string) (store.Store, func() error, error) {
+	if c.OpenStore != nil {
+		s, closeStore, err := c.OpenStore(ctx, spec)
+		if err != nil {
+			return nil, nil, err
+		}
+		if closeStore == nil {
+			closeStore = func() error { return nil }
+		}
+		return s, closeStore, nil
+	}
+	fs, err := store.NewFileStore(spec)
+	if err != nil {
+		return nil, nil, err
+	}
+	return fs, func() error { return nil }, nil
+}
+
 var commands = map[string]command{
 	"snapshot-create": cmdCreate,
 	"snapshot-list":   cmdList,
@@ -67,31 +114,35 @@ var commands = map[string]command{
 	"snapshot-delete": cmdDelete,
 }
 
-// run is the program: it parses args (without the program name), runs
-// the subcommand and returns the exit status.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	g := globals{store: store.DefaultRoot, timeout: 10 * time.Second}
+// Run is the xlsnap program: it parses args (without the program name),
+// runs the subcommand with the store and options cfg adds, and returns
+// the exit status: 0 for success, 1 for a failed command (one line on
+// stderr), 2 for a usage error. When ctx ends during an operation (the
+// caller's SIGINT handler), the operation is cancelled and its rollback
+// waited for before Run returns.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer, cfg Config) int {
+	g := globals{store: store.DefaultRoot, timeout: 10 * time.Second, cfg: cfg, extra: cfg.RegisterFlags}
 	fs := newFlagSet("xlsnap")
 	g.register(fs)
 	if err := fs.Parse(args); err != nil {
 		if !errors.Is(err, flag.ErrHelp) {
 			err = usagef("%v", err)
 		}
-		return report(stderr, "", err)
+		return g.report(stderr, "", err)
 	}
 	rest := fs.Args()
 	if len(rest) == 0 {
-		return report(stderr, "", usagef("no command given"))
+		return g.report(stderr, "", usagef("no command given"))
 	}
 	cmd, ok := commands[rest[0]]
 	if !ok {
-		return report(stderr, "", usagef("unknown command %q", rest[0]))
+		return g.report(stderr, "", usagef("unknown command %q", rest[0]))
 	}
-	return report(stderr, rest[0], cmd(ctx, &g, rest[1:], stdout, stderr))
+	return g.report(stderr, rest[0], cmd(ctx, &g, rest[1:], stdout, stderr))
 }
 
 // report prints err as one line and returns the exit status.
-func report(stderr io.Writer, cmd string, err error) int {
+func (g *globals) report(stderr io.Writer, cmd string, err error) int {
 	if err == nil {
 		return exitOK
 	}
@@ -100,14 +151,15 @@ func report(stderr io.Writer, cmd string, err error) int {
 		prefix += cmd + ": "
 	}
 	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprint(stderr, usageText)
+		fmt.Fprint(stderr, usageText+g.cfg.Usage)
 		return exitOK
 	}
 	var ue *usageError
 	if errors.As(err, &ue) {
-		fmt.Fprintf(stderr, "%s%s\n%s", prefix, oneLine(err.Error()), usageText)
+		fmt.Fprintf(stderr, "%s%s\n%s%s", prefix, oneLine(err.Error()), usageText, g.cfg.Usage)
 		return exitUsage
 	}
+
 	fmt.Fprintf(stderr, "%s%s\n", prefix, oneLine(err.Error()))
 	return exitFail
 }

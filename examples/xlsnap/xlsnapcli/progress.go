@@ -1,4 +1,4 @@
-package main
+package xlsnapcli
 
 import (
 	"fmt"
