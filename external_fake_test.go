@@ -278,6 +278,9 @@ func TestFakeInterruptedMemorySave(t *testing.T) {
 		t.Fatalf("create: %v, want the lost connection", err)
 	}
 	mon, dom := open()
+	if err := dom.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
 	l, err := dom.List(ctx, 0).Wait(ctx)
 	if err != nil {
 		t.Fatal(err)

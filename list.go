@@ -2,7 +2,6 @@ package vmsnap
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sort"
 
@@ -12,14 +11,34 @@ import (
 // Listing is the result of List: the store merged with what QEMU reports.
 type Listing struct {
 	// Snapshots are the recorded snapshots that pass the filter, oldest
-	// first. Each carries Problems where QEMU disagrees with its record.
+	// first. Each carries Problems where QEMU disagrees with its record or
+	// an operation on it is running or was interrupted.
 	Snapshots []*DomainSnapshot
 	// Untracked are internal snapshots QEMU reports that no record knows
 	// (made by qemu-img snapshot -c, virsh, HMP savevm, or NoMetadata), by
 	// tag. Adopt records them.
 	Untracked []Untracked
+	// Unreadable are the records the store holds but cannot read (a
+	// damaged, unsafe or foreign file). They are listed here and nowhere
+	// else; the readable records are listed as usual and List does not
+	// fail because of them. Domain.Delete with DeleteMetadataOnly, or
+	// Store.Delete, removes one.
+	Unreadable []UnreadableRecord
 	// Current is the name of the current snapshot, "" when none.
 	Current string
+}
+
+// UnreadableRecord is a snapshot record the store cannot read.
+type UnreadableRecord struct {
+	// Name is the snapshot name the record stands for, "" when even that
+	// is unknown (then only an administrator can remove it, at Path).
+	Name string
+	// Path is the record's file (or key, for a store that keeps records
+	// elsewhere).
+	Path string
+	// Err says why it cannot be read (a *store.CorruptError, an error
+	// wrapping store.ErrUnsafePermissions, ...).
+	Err error
 }
 
 // Untracked is a snapshot found on the disks with no record.
@@ -61,65 +80,139 @@ func (l *Listing) Tree() []*TreeNode {
 // against QEMU's view of the disks, plus the snapshots QEMU holds that no
 // record knows. The List* flags filter the recorded snapshots; several
 // flags keep a snapshot that passes every one of them.
+//
+// List never waits for another operation and changes nothing: it takes no
+// lock and does not reconcile. It reads the committed records as they are,
+// so a snapshot being created, deleted, reverted to or renamed right now,
+// or left half done by a crash, is listed with a ProblemInProgress (and is
+// not checked against the disks, which are expected to disagree with it
+// until the operation ends). The next mutating operation on the domain, or
+// Domain.Reconcile, settles what a crash left. Records the store cannot
+// read are listed in Listing.Unreadable. When QEMU cannot be asked (it is
+// being restarted by a revert, or its connection is lost), List returns
+// the records unchecked together with the error.
+//
+// A ctx that is already done gives an error wrapping ErrCanceled.
 func (d *Domain) List(ctx context.Context, flags ListFlags) *Op[*Listing] {
 	if flags.unknown() != 0 {
 		return failed[*Listing](&Error{Op: "list", Domain: d.uuid, Err: fmt.Errorf("%w: %s not valid for list", ErrInvalidFlags, flags.unknown())})
 	}
-	return run(ctx, d, "list", "", func(ctx context.Context, op *Op[*Listing], reconcileErr error) (*Listing, error) {
-		return d.list(ctx, op, flags, reconcileErr)
+	if err := ctx.Err(); err != nil {
+		return failed[*Listing](&Error{Op: "list", Domain: d.uuid, Err: fmt.Errorf("%w: %w", ErrCanceled, err)})
+	}
+	return start(ctx, func(ctx context.Context, op *Op[*Listing]) (*Listing, error) {
+		ctx = op.observe(ctx, d, "list", "")
+		l, err := d.list(ctx, op, flags)
+		if err != nil {
+			return l, d.wrap("list", "", err)
+		}
+		return l, nil
 	})
 }
 
-// Get returns one snapshot, checked against QEMU like List does.
+// Get returns one snapshot, checked against QEMU like List does. Like
+// List it neither waits for a running operation nor reconciles.
 func (d *Domain) Get(ctx context.Context, name string) (*DomainSnapshot, error) {
-	l, err := d.List(ctx, 0).Wait(ctx)
+	if err := ctx.Err(); err != nil {
+		return nil, &Error{Op: "get", Domain: d.uuid, Snapshot: name, Err: fmt.Errorf("%w: %w", ErrCanceled, err)}
+	}
+	s, err := d.inspect(ctx, name)
 	if err != nil {
-		return nil, err
+		return s, d.wrap("get", name, err)
 	}
-	for _, s := range l.Snapshots {
-		if s.Name == name {
-			return s, nil
-		}
-	}
-	return nil, &Error{Op: "get", Domain: d.uuid, Snapshot: name, Err: ErrNotFound}
+	return s, nil
 }
 
-// An intent that cannot be settled (reconcileErr) does not hide the
-// listing: it shows as a problem of its snapshot and the error says why.
-func (d *Domain) list(ctx context.Context, op *Op[*Listing], flags ListFlags, reconcileErr error) (*Listing, error) {
-	op.setPhase(PhaseListing)
-	recs, listErr := d.store.List(ctx, d.uuid)
-	if listErr != nil && len(recs) == 0 {
-		return nil, listErr
+// inspect reads one record, without the lock, and checks it like list.
+func (d *Domain) inspect(ctx context.Context, name string) (*DomainSnapshot, error) {
+	r, err := d.store.Get(ctx, d.uuid, name)
+	if err != nil {
+		if isStoreNotFound(err) {
+			return nil, fmt.Errorf("%w: %w", ErrNotFound, err)
+		}
+		return nil, err
 	}
 	current, err := d.store.Current(ctx, d.uuid)
 	if err != nil {
 		return nil, err
 	}
-	disks, err := d.disks(ctx)
+	s := fromRecord(r)
+	s.Current = s.Name == current
+	if s.Parent != "" {
+		_, perr := d.store.Get(ctx, d.uuid, s.Parent)
+		switch {
+		case isStoreNotFound(perr):
+			s.addProblem(ProblemParentMissing, "", fmt.Sprintf("parent %q has no record", s.Parent))
+		case len(store.RecordErrors(perr)) > 0:
+			s.addProblem(ProblemParentUnreadable, "", fmt.Sprintf("the record of parent %q cannot be read", s.Parent))
+		case perr != nil:
+			return nil, perr
+		}
+	}
+	if s.HasProblem(ProblemInProgress) {
+		return s, nil
+	}
+	disks, err := d.imagesNow().disks(ctx)
+	if err != nil {
+		return s, err
+	}
+	checkAgainstQEMU(s, disks)
+	return s, nil
+}
+
+func (d *Domain) list(ctx context.Context, op *Op[*Listing], flags ListFlags) (*Listing, error) {
+	op.setPhase(PhaseListing)
+	recs, listErr := d.store.List(ctx, d.uuid)
+	l := &Listing{}
+	if listErr != nil {
+		bad := store.RecordErrors(listErr)
+		if !onlyRecordErrors(listErr) {
+			return nil, listErr
+		}
+		for _, e := range bad {
+			l.Unreadable = append(l.Unreadable, UnreadableRecord{Name: e.Name, Path: e.Path, Err: e.Err})
+		}
+	}
+	current, err := d.store.Current(ctx, d.uuid)
 	if err != nil {
 		return nil, err
 	}
+	l.Current = current
+	disks, qemuErr := d.imagesNow().disks(ctx)
+	unreadable := map[string]bool{}
+	for _, u := range l.Unreadable {
+		if u.Name != "" {
+			unreadable[u.Name] = true
+		}
+	}
 	tree := store.BuildTree(recs)
-	l := &Listing{Current: current}
 	known := map[string]bool{}
 	for _, r := range recs {
 		known[r.Name] = true
 		s := fromRecord(r)
 		s.Current = s.Name == current
-		checkAgainstQEMU(s, disks)
+		if qemuErr == nil && !s.HasProblem(ProblemInProgress) {
+			checkAgainstQEMU(s, disks)
+		}
 		if s.Parent != "" && tree.Record(s.Parent) == nil {
-			s.Problems = append(s.Problems, fmt.Sprintf("parent %q has no record", s.Parent))
+			if unreadable[s.Parent] {
+				s.addProblem(ProblemParentUnreadable, "", fmt.Sprintf("the record of parent %q cannot be read", s.Parent))
+			} else {
+				s.addProblem(ProblemParentMissing, "", fmt.Sprintf("parent %q has no record", s.Parent))
+			}
 		}
 		if keep(s, flags, tree) {
 			l.Snapshots = append(l.Snapshots, s)
 		}
 	}
+	if qemuErr != nil {
+		return l, fmt.Errorf("the disks could not be checked: %w", qemuErr)
+	}
 	byTag := map[string][]DiskSnapshot{}
 	var tags []string
 	for _, dk := range disks {
 		for _, sn := range dk.Snapshots {
-			if known[sn.Name] {
+			if known[sn.Name] || unreadable[sn.Name] {
 				continue
 			}
 			if _, seen := byTag[sn.Name]; !seen {
@@ -132,8 +225,33 @@ func (d *Domain) list(ctx context.Context, op *Op[*Listing], flags ListFlags, re
 	for _, t := range tags {
 		l.Untracked = append(l.Untracked, Untracked{Name: t, Disks: byTag[t]})
 	}
-	// A corrupt record file is reported, with the good records listed.
-	return l, errors.Join(reconcileErr, listErr)
+	return l, nil
+}
+
+// onlyRecordErrors reports whether err, a Store.List error, is made of
+// *store.RecordError values only: it concerns single records, not the
+// domain as a whole.
+func onlyRecordErrors(err error) bool {
+	switch e := err.(type) {
+	case nil:
+		return false
+	case *store.RecordError:
+		return true
+	case interface{ Unwrap() []error }:
+		bs := e.Unwrap()
+		if len(bs) == 0 {
+			return false
+		}
+		for _, b := range bs {
+			if b != nil && !onlyRecordErrors(b) {
+				return false
+			}
+		}
+		return true
+	case interface{ Unwrap() error }:
+		return onlyRecordErrors(e.Unwrap())
+	}
+	return false
 }
 
 // checkAgainstQEMU adds a problem for every disk that no longer holds the
@@ -145,16 +263,16 @@ func checkAgainstQEMU(s *DomainSnapshot, disks []Disk) {
 		}
 		dk, ok := matchDisk(disks, ds)
 		if !ok {
-			s.Problems = append(s.Problems, fmt.Sprintf("disk %s (%s) is not attached", diskLabel(ds), ds.File))
+			s.addProblem(ProblemDiskDetached, diskLabel(ds), fmt.Sprintf("not attached (image %s)", ds.File))
 			continue
 		}
 		if got, has := dk.snapshot(s.Name); has {
 			s.Disks[i].Node = dk.Node
 			s.Disks[i].VMStateSize = got.VMStateSize
 		} else if f, ok := dk.Buried[s.Name]; ok {
-			s.Problems = append(s.Problems, fmt.Sprintf("disk %s holds the snapshot in backing image %s, under an external snapshot's overlay: it cannot be loaded or deleted there", diskLabel(ds), f))
+			s.addProblem(ProblemBuried, diskLabel(ds), fmt.Sprintf("holds the snapshot in backing image %s, under an external snapshot's overlay: it cannot be loaded or deleted there", f))
 		} else {
-			s.Problems = append(s.Problems, fmt.Sprintf("disk %s no longer holds the snapshot", diskLabel(ds)))
+			s.addProblem(ProblemDiskMissingSnapshot, diskLabel(ds), "no longer holds the snapshot")
 		}
 	}
 }

@@ -133,10 +133,15 @@ type DomainSnapshot struct {
 	// Downtime is how long the guest was stopped while the snapshot was taken
 	// (zero when vmsnap did not stop it).
 	Downtime time.Duration
+	// Labels are the caller's metadata on the snapshot (see
+	// Domain.SetLabels), nil when none. Keys starting with "vmsnap." are
+	// reserved for the engine's own bookkeeping and never appear here.
+	Labels map[string]string
 	// Problems lists disagreements between the metadata and QEMU found by
-	// List: a disk that no longer holds the snapshot, an operation left
-	// unfinished by a crash. Empty when the two agree.
-	Problems []string
+	// List, Get and Current: a disk that no longer holds the snapshot, an
+	// operation running or left unfinished by a crash. Empty when the two
+	// agree.
+	Problems []Problem
 
 	partial []string // disks an unfinished delete already removed it from
 }

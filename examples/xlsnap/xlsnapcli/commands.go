@@ -234,6 +234,11 @@ func cmdList(ctx context.Context, g *globals, args []string, stdout, stderr io.W
 	// listed as a problem entry with the others, and fails the command
 	// only with --strict. Any other error fails it after the listing.
 	bad, otherErr := splitRecordErrors(listErr)
+	if l != nil {
+		for _, u := range l.Unreadable {
+			bad = append(bad, &store.RecordError{Domain: s.dom.UUID(), Name: u.Name, Path: u.Path, Err: u.Err})
+		}
+	}
 	if l == nil {
 		if otherErr != nil || len(bad) == 0 {
 			return listErr
