@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/vmsnap/vmsnap"
@@ -19,11 +20,16 @@ import (
 // dials its domain's QMP socket instead and keeps the store at
 // store.DefaultRoot.
 func exampleDomain(ctx context.Context) (dom *vmsnap.Domain, srv *fakeqemu.Server, cleanup func()) {
+	return exampleDomainIn(ctx, "/images")
+}
+
+// exampleDomainIn is exampleDomain with the disk images in dir.
+func exampleDomainIn(ctx context.Context, dir string) (dom *vmsnap.Domain, srv *fakeqemu.Server, cleanup func()) {
 	srv, err := fakeqemu.Start(fakeqemu.Options{
 		UUID: "5a0e1c9e-2b7d-4c3f-8e61-3f4b0a9d7c21",
 		Disks: []fakeqemu.Disk{
-			{Node: "disk0", Device: "dev0", File: "/images/vm1-root.qcow2"},
-			{Node: "disk1", Device: "dev1", File: "/images/vm1-data.qcow2"},
+			{Node: "disk0", Device: "dev0", File: filepath.Join(dir, "vm1-root.qcow2")},
+			{Node: "disk1", Device: "dev1", File: filepath.Join(dir, "vm1-data.qcow2")},
 		},
 	})
 	if err != nil {
@@ -199,4 +205,154 @@ func ExampleOp_OnDone() {
 	// took nightly
 	// phase: done
 	// true
+}
+
+func ExampleDomain_Current() {
+	ctx := context.Background()
+	dom, _, cleanup := exampleDomain(ctx)
+	defer cleanup()
+
+	if _, err := dom.Current(ctx); errors.Is(err, vmsnap.ErrNotFound) {
+		fmt.Println("no current snapshot yet")
+	}
+	for _, name := range []string{"base", "patched"} {
+		if _, err := dom.Create(ctx, vmsnap.CreateSpec{Name: name}, vmsnap.DiskOnly).Wait(ctx); err != nil {
+			log.Fatal(err)
+		}
+	}
+	// Current neither takes the domain's lock nor waits for a running
+	// operation: it reads the committed record and checks it against QEMU.
+	cur, err := dom.Current(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("current:", cur.Name, "parent:", cur.Parent, "problems:", len(cur.Problems))
+	// Output:
+	// no current snapshot yet
+	// current: patched parent: base problems: 0
+}
+
+func ExampleDomain_Rename() {
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "vmsnap-example-images")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	dom, _, cleanup := exampleDomainIn(ctx, dir)
+	defer cleanup()
+
+	// External snapshots can be renamed: their records name their files.
+	for _, name := range []string{"1700000000", "1700003600"} {
+		if _, err := dom.Create(ctx, vmsnap.CreateSpec{Name: name}, vmsnap.External|vmsnap.DiskOnly).Wait(ctx); err != nil {
+			log.Fatal(err)
+		}
+	}
+	if err := dom.Rename(ctx, "1700000000", "installed"); err != nil {
+		log.Fatal(err)
+	}
+	l, err := dom.List(ctx, 0).Wait(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, s := range l.Snapshots {
+		fmt.Printf("%s parent=%q current=%v\n", s.Name, s.Parent, s.Current)
+	}
+
+	// An internal snapshot is known to QEMU by its name: refused.
+	if _, err := dom.Create(ctx, vmsnap.CreateSpec{Name: "inside"}, vmsnap.DiskOnly).Wait(ctx); err != nil {
+		log.Fatal(err)
+	}
+	err = dom.Rename(ctx, "inside", "outside")
+	fmt.Println("internal:", errors.Is(err, vmsnap.ErrUnsupported))
+	// Output:
+	// installed parent="" current=false
+	// 1700003600 parent="installed" current=true
+	// internal: true
+}
+
+func ExampleDomain_SetLabels() {
+	ctx := context.Background()
+	dom, _, cleanup := exampleDomain(ctx)
+	defer cleanup()
+
+	if _, err := dom.Create(ctx, vmsnap.CreateSpec{Name: "nightly"}, vmsnap.DiskOnly).Wait(ctx); err != nil {
+		log.Fatal(err)
+	}
+	// Labels are the caller's metadata; SetLabels replaces them.
+	if err := dom.SetLabels(ctx, "nightly", map[string]string{"retain": "7d", "ticket": "OPS-12"}); err != nil {
+		log.Fatal(err)
+	}
+	s, err := dom.Get(ctx, "nightly")
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(s.Labels["retain"], s.Labels["ticket"])
+
+	// Keys starting with "vmsnap." are the engine's.
+	err = dom.SetLabels(ctx, "nightly", map[string]string{"vmsnap.relaunch": "x"})
+	fmt.Println(errors.Is(err, vmsnap.ErrInvalidSpec))
+	// Output:
+	// 7d OPS-12
+	// true
+}
+
+func ExampleDomain_Disks() {
+	ctx := context.Background()
+	dom, _, cleanup := exampleDomain(ctx)
+	defer cleanup()
+
+	if _, err := dom.Create(ctx, vmsnap.CreateSpec{Name: "s1"}, vmsnap.DiskOnly).Wait(ctx); err != nil {
+		log.Fatal(err)
+	}
+	disks, err := dom.Disks(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, d := range disks {
+		var tags []string
+		for _, s := range d.Snapshots {
+			tags = append(tags, s.Name)
+		}
+		fmt.Println(d.Device, d.Node, d.Format, d.File, tags)
+	}
+	// Output:
+	// dev0 disk0 qcow2 /images/vm1-root.qcow2 [s1]
+	// dev1 disk1 qcow2 /images/vm1-data.qcow2 [s1]
+}
+
+func ExampleOptions_events() {
+	ctx := context.Background()
+	dom, _, cleanup := exampleDomain(ctx)
+	defer cleanup()
+
+	// A toolstack passes Events to Open; here the fake domain is bound a
+	// second time, with a store of its own.
+	var seen []string
+	events := func(ev vmsnap.Event) {
+		seen = append(seen, fmt.Sprintf("%s %s %s", ev.Op, ev.Kind, ev.Phase))
+	}
+	root, err := os.MkdirTemp("", "vmsnap-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(root)
+	fs, err := store.NewFileStore(root)
+	if err != nil {
+		log.Fatal(err)
+	}
+	dom2, err := vmsnap.Open(ctx, dom.Monitor(), vmsnap.Options{Store: fs, Events: events})
+	if err != nil {
+		log.Fatal(err)
+	}
+	if _, err := dom2.List(ctx, 0).Wait(ctx); err != nil {
+		log.Fatal(err)
+	}
+	for _, s := range seen {
+		fmt.Println(s)
+	}
+	// Output:
+	// list phase queued
+	// list phase listing
+	// list done done
 }
