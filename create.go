@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/vmsnap/vmsnap/internal/qemu"
@@ -68,7 +69,8 @@ type CreateSpec struct {
 // store (the snapshot is then only in QEMU, and List shows it as
 // untracked).
 func (d *Domain) Create(ctx context.Context, spec CreateSpec, flags CreateFlags) *Op[*DomainSnapshot] {
-	if spec.Name == "" {
+	defaulted := spec.Name == ""
+	if defaulted {
 		spec.Name = DefaultName(time.Now())
 	}
 	fail := func(err error) *Op[*DomainSnapshot] {
@@ -92,6 +94,13 @@ func (d *Domain) Create(ctx context.Context, spec CreateSpec, flags CreateFlags)
 		p, err := planCreate(flags, d.env())
 		if err != nil {
 			return nil, err
+		}
+		if defaulted {
+			name, err := d.freeDefaultName(ctx, spec.Name)
+			if err != nil {
+				return nil, err
+			}
+			spec.Name = name
 		}
 		return d.create(ctx, op, spec, p)
 	})
@@ -336,4 +345,41 @@ func (d *Domain) undoCreate(ctx context.Context, s *DomainSnapshot, wasRunning, 
 		return fmt.Errorf("%w (and rolling back: %w)", cause, errors.Join(problems...))
 	}
 	return cause
+}
+
+// freeDefaultName returns name, the default name of a snapshot taken now,
+// or when a record or a disk already has it (two snapshots in one second)
+// name with "-2", "-3", ... appended. It runs under the domain's lock.
+func (d *Domain) freeDefaultName(ctx context.Context, name string) (string, error) {
+	disks, err := d.disks(ctx)
+	if err != nil {
+		return "", err
+	}
+	taken := func(n string) (bool, error) {
+		if _, err := d.get(ctx, n); err == nil {
+			return true, nil
+		} else if !errors.Is(err, ErrNotFound) {
+			return false, err
+		}
+		for _, dk := range disks {
+			if _, ok := dk.snapshot(n); ok {
+				return true, nil
+			}
+		}
+		return false, nil
+	}
+	for i := 1; i <= 1000; i++ {
+		n := name
+		if i > 1 {
+			n = name + "-" + strconv.Itoa(i)
+		}
+		used, err := taken(n)
+		if err != nil {
+			return "", err
+		}
+		if !used {
+			return n, nil
+		}
+	}
+	return "", fmt.Errorf("%w: a thousand snapshots named after second %s", ErrExists, name)
 }

@@ -20,13 +20,13 @@ func TestQEMUExternalDeleteRootAfterRevert(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := l.dom.Revert(ctx, "e2", vmsnap.RevertRunning).Wait(ctx); err != nil {
+	if _, err := l.dom.Revert(ctx, "e2", vmsnap.RevertRunning|vmsnap.RevertForce).Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := l.dom.Delete(ctx, "e1", 0).Wait(ctx); err != nil {
 		t.Fatalf("delete e1: %v", err)
 	}
-	if _, err := l.dom.Revert(ctx, "e3", vmsnap.RevertPaused).Wait(ctx); err != nil {
+	if _, err := l.dom.Revert(ctx, "e3", vmsnap.RevertPaused|vmsnap.RevertForce).Wait(ctx); err != nil {
 		t.Fatalf("revert e3 after deleting e1: %v", err)
 	}
 	top := l.top(t)[dev1]

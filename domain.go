@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vmsnap/vmsnap/hmp"
 	"github.com/vmsnap/vmsnap/internal/qemu"
 	"github.com/vmsnap/vmsnap/internal/qemuimg"
 	"github.com/vmsnap/vmsnap/qmp"
@@ -234,12 +235,19 @@ func (d *Domain) online() bool {
 func DefaultName(t time.Time) string { return strconv.FormatInt(t.Unix(), 10) }
 
 // ValidateName reports whether name can name a snapshot; the error wraps
-// ErrInvalidName. A name is 1 to store.MaxNameLen bytes of printable UTF-8,
-// not starting with a dot, without '/' (see store.ValidateName); that is
-// also well within QEMU's 255-byte limit on a snapshot tag. Names are never
-// used as paths or shell words unescaped.
+// ErrInvalidName. One rule holds for every backend (snapshot jobs, HMP,
+// qemu-img) and every QEMU vmsnap supports, so any name it accepts can be
+// created, listed, reverted and deleted everywhere: 1 to 64 bytes
+// (store.MaxNameLen) of printable ASCII other than space, the quotes ' and
+// " and the backslash, not starting with '-' (it would read as an option
+// to HMP and qemu-img), '.' or containing '/' (see store.ValidateName and
+// hmp.ValidateName). Names are never used as paths or shell words
+// unescaped.
 func ValidateName(name string) error {
 	if err := store.ValidateName(name); err != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidName, err)
+	}
+	if err := hmp.ValidateName(name); err != nil {
 		return fmt.Errorf("%w: %w", ErrInvalidName, err)
 	}
 	return nil

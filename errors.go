@@ -1,6 +1,7 @@
 package vmsnap
 
 import (
+	"errors"
 	"fmt"
 	"strings"
 
@@ -36,6 +37,11 @@ var (
 	// ErrInconsistent: QEMU and the metadata disagree in a way that needs
 	// the caller's decision.
 	ErrInconsistent = sentinel.ErrInconsistent
+	// ErrRevertRisky: the revert would throw the running guest away (a
+	// disk-only snapshot of a running domain: QEMU is restarted and the
+	// guest boots from its disks); RevertForce allows it. libvirt's
+	// VIR_ERR_SNAPSHOT_REVERT_RISKY.
+	ErrRevertRisky = errors.New("revert would discard the running guest")
 )
 
 // Error is the error every operation returns: it names the operation, the

@@ -37,11 +37,17 @@ const (
 	RevertRunning RevertFlags = 1 << iota
 	// RevertPaused leaves the guest paused after a revert.
 	RevertPaused
-	// RevertForce lets a revert through a Launcher remove the overlays
-	// earlier reverts made that nothing uses any more. Without it they are
-	// kept: each holds the only copy of a state the guest reached after a
-	// revert and left with the next one.
+	// RevertForce allows a risky revert, in libvirt's sense: one that
+	// throws the running guest away and boots it again from disks alone
+	// (a disk-only snapshot reverted while QEMU runs: QEMU is restarted
+	// through the Launcher and the guest cold-boots). Without it such a
+	// revert fails with ErrRevertRisky and changes nothing.
 	RevertForce
+	// RevertPruneOverlays lets a revert through a Launcher remove the
+	// overlays earlier reverts made that nothing uses any more. Without it
+	// they are kept: each holds the only copy of a state the guest reached
+	// after a revert and left with the next one.
+	RevertPruneOverlays
 )
 
 // DeleteFlags choose what Delete does.
@@ -79,7 +85,7 @@ const (
 
 var (
 	createFlagNames = []string{"DiskOnly", "External", "Live", "Quiesce", "NoMetadata", "Halt"}
-	revertFlagNames = []string{"RevertRunning", "RevertPaused", "RevertForce"}
+	revertFlagNames = []string{"RevertRunning", "RevertPaused", "RevertForce", "RevertPruneOverlays"}
 	deleteFlagNames = []string{"DeleteChildren", "DeleteMetadataOnly"}
 	listFlagNames   = []string{"ListRoots", "ListLeaves", "ListCurrent", "ListDiskOnly", "ListFull", "ListInternal", "ListExternal"}
 )

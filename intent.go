@@ -154,13 +154,12 @@ func fromRecord(r *store.Record) *DomainSnapshot {
 			Overlay: dd.Overlay, VMStateSize: dd.VMStateSize, Date: dd.Date, VMClock: dd.VMClock,
 		})
 	}
-	for _, dev := range s.partial {
-		s.addProblem(ProblemPartialDelete, dev, "an unfinished delete removed the snapshot from this disk; the other disks still hold it (delete it again to finish)")
+	if len(s.partial) > 0 {
+		s.Problems = append(s.Problems, fmt.Sprintf("an unfinished delete removed it from disks %v; it is on the others only (delete it again to finish)", s.partial))
 	}
-	if what := inFlight(r); what != "" {
-		s.addProblem(ProblemInProgress, "", what+" is in progress or was interrupted (the next operation on the domain, or Reconcile, settles it)")
+	if r.Status != store.StatusOK && r.Status != "" {
+		s.Problems = append(s.Problems, fmt.Sprintf("an operation left this snapshot %s (interrupted)", r.Status))
 	}
-	s.Labels = userLabels(r.Labels)
 	return s
 }
 
@@ -223,7 +222,7 @@ func (d *Domain) commitRelaunch(ctx context.Context, name string, in *relaunchIn
 // images) are recorded in the labels of the snapshot reverted to. When a
 // later revert leaves one behind, it holds the only copy of the state the
 // guest reached since that revert: it is kept, unless the revert is made
-// with RevertForce, which removes every recorded revert overlay nothing
+// with RevertPruneOverlays, which removes every recorded revert overlay nothing
 // uses any more; deleting the snapshot removes its own. Images vmsnap did
 // not create are never removed.
 const labelRevertOverlay = "vmsnap.revert-overlay."

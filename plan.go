@@ -180,8 +180,8 @@ type revertPlan struct {
 	vmstate vmstateVia // revertLoad only
 	// running: leave the guest running afterwards.
 	running bool
-	// force: remove earlier revert overlays nothing uses (relaunch only).
-	force bool
+	// prune: remove earlier revert overlays nothing uses (relaunch only).
+	prune bool
 	// internalDisks: the snapshot is inside the images, which must hold
 	// it (checked before anything changes).
 	internalDisks bool
@@ -196,7 +196,7 @@ func planRevert(k kind, st State, flags RevertFlags, e env) (revertPlan, error) 
 	if flags&RevertRunning != 0 && flags&RevertPaused != 0 {
 		return revertPlan{}, fmt.Errorf("%w: RevertRunning and RevertPaused together", ErrInvalidFlags)
 	}
-	p := revertPlan{running: st == StateRunning || st == StateDiskOnly, force: flags&RevertForce != 0, internalDisks: !k.external()}
+	p := revertPlan{running: st == StateRunning || st == StateDiskOnly, prune: flags&RevertPruneOverlays != 0, internalDisks: !k.external()}
 	switch {
 	case flags&RevertRunning != 0:
 		p.running = true
@@ -227,6 +227,11 @@ func planRevert(k kind, st State, flags RevertFlags, e env) (revertPlan, error) 
 	}
 	if k == kindExternalFull && !e.fds && !e.saver {
 		return p, fmt.Errorf("%w: the memory state is fed to the new QEMU through a file descriptor passed over the monitor, and this monitor cannot pass descriptors", ErrUnsupported)
+	}
+	if !k.full() && flags&RevertForce == 0 {
+		// The running guest would be thrown away and cold-booted from
+		// the reverted disks.
+		return p, fmt.Errorf("%w: reverting to a disk-only snapshot restarts QEMU and boots the guest from the reverted disks, losing its running state; pass RevertForce to do it", ErrRevertRisky)
 	}
 	return p, nil
 }

@@ -50,6 +50,8 @@ func outcome(plan fmt.Stringer, err error) string {
 		return "invalid-flags"
 	case errors.Is(err, ErrUnsupported):
 		return "unsupported"
+	case errors.Is(err, ErrRevertRisky):
+		return "risky"
 	case err != nil:
 		return "error: " + err.Error()
 	}
@@ -61,7 +63,7 @@ func (p createPlan) String() string {
 }
 
 func (p revertPlan) String() string {
-	return fmt.Sprintf("method=%d vmstate=%d running=%t force=%t internal-disks=%t", p.method, p.vmstate, p.running, p.force, p.internalDisks)
+	return fmt.Sprintf("method=%d vmstate=%d running=%t prune=%t internal-disks=%t", p.method, p.vmstate, p.running, p.prune, p.internalDisks)
 }
 
 func (p deletePlan) String() string {
@@ -163,6 +165,12 @@ func checkRevertInvariants(t *testing.T, k kind, f RevertFlags, e env, p revertP
 		}
 		return
 	}
+	if errors.Is(err, ErrRevertRisky) {
+		if k.full() || f&RevertForce != 0 || p.method != revertRelaunch {
+			fail("called risky without being a cold boot of a running guest, or despite RevertForce")
+		}
+		return
+	}
 	if err != nil {
 		if !errors.Is(err, ErrUnsupported) {
 			fail("refused without ErrUnsupported")
@@ -190,6 +198,9 @@ func checkRevertInvariants(t *testing.T, k kind, f RevertFlags, e env, p revertP
 		}
 		if k == kindInternalFull {
 			fail("relaunch for an internal full snapshot, which loads in place")
+		}
+		if !k.full() && f&RevertForce == 0 {
+			fail("a disk-only snapshot reverted into a running domain (a cold boot) without RevertForce")
 		}
 	}
 	if f&RevertRunning != 0 && !p.running || f&RevertPaused != 0 && p.running {

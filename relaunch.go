@@ -61,7 +61,8 @@ type relaunchIntent struct {
 	// Old are the disks QEMU ran on before, to restart on if the revert
 	// cannot finish.
 	Old []LaunchDisk `json:"old"`
-	// Force removes earlier revert overlays nothing uses (RevertForce).
+	// Force removes earlier revert overlays nothing uses
+	// (RevertPruneOverlays).
 	Force bool `json:"force"`
 }
 

@@ -254,7 +254,7 @@ func TestQEMURelaunchInvalidPlanRefusedBeforeStop(t *testing.T) {
 	// The command line loses disk1: the launcher cannot substitute it.
 	l.exec.Argv = withoutDisk(l.exec.Argv, l.vm.Disks[1])
 	l.exec.DiskFiles = nil
-	_, err := l.dom.Revert(ctx, "e1", vmsnap.RevertRunning).Wait(ctx)
+	_, err := l.dom.Revert(ctx, "e1", vmsnap.RevertRunning|vmsnap.RevertForce).Wait(ctx)
 	if !errors.Is(err, vmsnap.ErrUnsupported) || !errors.Is(err, launch.ErrLaunch) {
 		t.Fatalf("revert with an invalid launch plan: %v, want ErrUnsupported wrapping launch.ErrLaunch", err)
 	}

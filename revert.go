@@ -60,7 +60,7 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 	}
 	wantRunning := p.running
 	if !p.internalDisks {
-		return d.revertRelaunch(ctx, op, s, disks, wantRunning, p.force)
+		return d.revertRelaunch(ctx, op, s, disks, wantRunning, p.prune)
 	}
 	var missing []string
 	for i, ds := range s.Disks {
@@ -88,7 +88,7 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 		}
 		return d.markCurrent(ctx, s)
 	case revertRelaunch:
-		return d.revertRelaunch(ctx, op, s, disks, wantRunning, p.force)
+		return d.revertRelaunch(ctx, op, s, disks, wantRunning, p.prune)
 	}
 
 	st, err := d.guestState(ctx)

@@ -27,15 +27,15 @@ func TestQEMURepeatedRevertsLeaveNoOverlays(t *testing.T) {
 	// and two generations of revert overlays.
 	for i := 0; i < 2; i++ {
 		l.writePattern(t, l.vm.Disks[1].Device, byte(0x40+i))
-		if _, err := l.dom.Revert(ctx, "e1", vmsnap.RevertRunning).Wait(ctx); err != nil {
+		if _, err := l.dom.Revert(ctx, "e1", vmsnap.RevertRunning|vmsnap.RevertForce).Wait(ctx); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if got := overlays(); len(got) != 8 {
-		t.Fatalf("after two reverts without RevertForce: %v, want 8 images (nothing removed)", got)
+		t.Fatalf("after two reverts without RevertPruneOverlays: %v, want 8 images (nothing removed)", got)
 	}
-	// RevertForce removes the revert overlays nothing uses any more.
-	if _, err := l.dom.Revert(ctx, "e1", vmsnap.RevertRunning|vmsnap.RevertForce).Wait(ctx); err != nil {
+	// RevertPruneOverlays removes the revert overlays nothing uses any more.
+	if _, err := l.dom.Revert(ctx, "e1", vmsnap.RevertRunning|vmsnap.RevertForce|vmsnap.RevertPruneOverlays).Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if got := overlays(); len(got) != 6 {
