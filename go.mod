@@ -1,6 +1,6 @@
 module github.com/vmsnap/vmsnap
 
-go 1.26.8
+go 1.24
 
 require (
 	github.com/digitalocean/go-qemu v0.0.0-20250212194115-ee9b0668d242
