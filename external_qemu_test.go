@@ -444,7 +444,7 @@ func TestQEMUInternalUnderExternal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p := lst.Snapshots[0].Problems; lst.Snapshots[0].Name != "i1" || len(p) != 2 || !strings.Contains(p[0], "backing image") {
+	if p := lst.Snapshots[0].Problems; lst.Snapshots[0].Name != "i1" || len(p) != 2 || p[0].Kind != vmsnap.ProblemBuried {
 		t.Fatalf("i1's problems: %q", p)
 	}
 	if _, err := l.dom.Revert(ctx, "i1", vmsnap.RevertForce).Wait(ctx); !errors.Is(err, vmsnap.ErrUnsupported) {

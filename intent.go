@@ -154,12 +154,13 @@ func fromRecord(r *store.Record) *DomainSnapshot {
 			Overlay: dd.Overlay, VMStateSize: dd.VMStateSize, Date: dd.Date, VMClock: dd.VMClock,
 		})
 	}
-	if len(s.partial) > 0 {
-		s.Problems = append(s.Problems, fmt.Sprintf("an unfinished delete removed it from disks %v; it is on the others only (delete it again to finish)", s.partial))
+	for _, dev := range s.partial {
+		s.addProblem(ProblemPartialDelete, dev, "an unfinished delete removed the snapshot from this disk; the other disks still hold it (delete it again to finish)")
 	}
-	if r.Status != store.StatusOK && r.Status != "" {
-		s.Problems = append(s.Problems, fmt.Sprintf("an operation left this snapshot %s (interrupted)", r.Status))
+	if what := inFlight(r); what != "" {
+		s.addProblem(ProblemInProgress, "", what+" is in progress or was interrupted (the next operation on the domain, or Reconcile, settles it)")
 	}
+	s.Labels = userLabels(r.Labels)
 	return s
 }
 

@@ -472,7 +472,7 @@ func untrackedAdopt(t *testing.T, tg Target) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p := l.Snapshots[0].Problems; len(p) != 1 || !strings.Contains(p[0], disks[1].Device) {
+	if p := l.Snapshots[0].Problems; len(p) != 1 || p[0].Disk != disks[1].Device {
 		t.Fatalf("problems %q, want one naming %s", p, disks[1].Device)
 	}
 	a, err := dom.Adopt(ctx, "foreign", "made elsewhere")
