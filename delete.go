@@ -40,12 +40,24 @@ func (d *Domain) Delete(ctx context.Context, name string, flags DeleteFlags) *Op
 }
 
 func (d *Domain) delete(ctx context.Context, op *Op[[]string], name string, flags DeleteFlags) ([]string, error) {
-	recs, err := d.store.List(ctx, d.uuid)
+	recs, err := d.records(ctx)
 	if err != nil {
 		return nil, err
 	}
 	tree := store.BuildTree(recs)
 	if tree.Record(name) == nil {
+		// A record that cannot be read is removed by a metadata-only
+		// delete, and by nothing else: its files are left alone.
+		var re *store.RecordError
+		if _, gerr := d.store.Get(ctx, d.uuid, name); errors.As(gerr, &re) {
+			if flags&DeleteMetadataOnly == 0 {
+				return nil, fmt.Errorf("%w: the record cannot be read (%w); delete it with DeleteMetadataOnly, which leaves its files alone", ErrInconsistent, gerr)
+			}
+			if err := d.dropRecord(ctx, name); err != nil {
+				return nil, err
+			}
+			return []string{name}, nil
+		}
 		return nil, fmt.Errorf("%w in the store of domain %s", ErrNotFound, d.uuid)
 	}
 	order := []string{name}

@@ -289,8 +289,8 @@ func nextLabelIndex(labels map[string]string) int {
 // usedImages returns the records and the images in use (imagesInUse)
 // with QEMU's chains as they are now.
 func (d *Domain) usedImages(ctx context.Context, skip string) ([]*store.Record, map[string]bool, error) {
-	recs, err := d.store.List(ctx, d.uuid)
-	if err != nil && len(recs) == 0 {
+	recs, err := d.records(ctx)
+	if err != nil {
 		return nil, nil, err
 	}
 	now, err := d.disks(ctx)

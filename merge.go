@@ -76,8 +76,8 @@ func (d *Domain) deleteExternal(ctx context.Context, r *store.Record, disks []Di
 			return err
 		}
 	}
-	recs, err := d.store.List(ctx, d.uuid)
-	if err != nil && len(recs) == 0 {
+	recs, err := d.records(ctx)
+	if err != nil {
 		return err
 	}
 	in, err := d.mergeInput(ctx, r, recs, disks)

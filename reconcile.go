@@ -32,8 +32,8 @@ import (
 // only: without QEMU or images there is nothing to check the others
 // against.
 func (d *Domain) reconcile(ctx context.Context, setPhase func(Phase)) error {
-	recs, err := d.store.List(ctx, d.uuid)
-	if err != nil && len(recs) == 0 {
+	recs, err := d.records(ctx)
+	if err != nil {
 		return err
 	}
 	var errs []error
@@ -53,7 +53,7 @@ func (d *Domain) reconcile(ctx context.Context, setPhase func(Phase)) error {
 	if !d.online() && len(d.opts.Disks) == 0 {
 		return nil
 	}
-	if recs, err = d.store.List(ctx, d.uuid); err != nil && len(recs) == 0 {
+	if recs, err = d.records(ctx); err != nil {
 		return err
 	}
 	var pending []*store.Record

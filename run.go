@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/vmsnap/vmsnap/store"
 )
 
 // run is the one skeleton every operation runs in: it starts the Op, takes
@@ -72,4 +74,16 @@ func cleanupTimeout(step cleanupStep) time.Duration { return cleanupTimeouts[ste
 // and ends after the step's time limit.
 func cleanupContext(ctx context.Context, step cleanupStep) (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout(step))
+}
+
+// records reads the domain's records. A record that cannot be read
+// (*store.RecordError: damaged, planted, foreign-owned) affects only
+// itself: it is left out and the others are returned without error; List
+// shows it. Any other failure of the store is returned.
+func (d *Domain) records(ctx context.Context) ([]*store.Record, error) {
+	recs, err := d.store.List(ctx, d.uuid)
+	if err != nil && !onlyRecordErrors(err) {
+		return recs, err
+	}
+	return recs, nil
 }
