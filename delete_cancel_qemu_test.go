@@ -52,6 +52,9 @@ func TestQEMUExternalDeleteCancelledDuringCommit(t *testing.T) {
 	}
 	// The merge that had started ran to its end with its bookkeeping; the
 	// next operation finishes the delete, and e2 is intact.
+	if err := dom.Reconcile(ctx); err != nil {
+		t.Fatalf("reconcile after the cancelled delete: %v", err)
+	}
 	l, err := dom.List(ctx, 0).Wait(ctx)
 	if err != nil {
 		t.Fatalf("list after the cancelled delete: %v", err)

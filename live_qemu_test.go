@@ -165,6 +165,9 @@ func TestQEMUInterruptedMemorySave(t *testing.T) {
 	}
 
 	dom = open()
+	if err := dom.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
 	l, err := dom.List(ctx, 0).Wait(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -110,17 +110,20 @@ func failed[T any](err error) *Op[T] {
 }
 
 func (o *Op[T]) finish(res T, err error) {
+	// EventDone is delivered before Done is closed: a caller that saw
+	// the operation end has seen all its events.
+	o.mu.Lock()
+	w, started := o.watch, o.progress.Started
+	o.mu.Unlock()
+	w.done(started, err)
 	o.mu.Lock()
 	o.result, o.err = res, err
 	o.progress.Phase = PhaseDone
 	o.progress.Cancelable = false
 	cbs := o.callbacks
 	o.callbacks = nil
-	w := o.watch
-	started := o.progress.Started
 	close(o.done)
 	o.mu.Unlock()
-	w.done(started, err)
 	for _, cb := range cbs {
 		cb(res, err)
 	}
