@@ -90,6 +90,7 @@ type Domain struct {
 	vmstate *qemu.VMState
 
 	img qemuimg.Runner // qemu-img, for image files outside QEMU
+	key []byte         // the ownership key (see ownership.go), under mu
 }
 
 // Open binds a running domain: its monitor, its UUID (from query-uuid when

@@ -13,6 +13,7 @@ import (
 
 	"github.com/vmsnap/vmsnap/internal/migrate"
 	"github.com/vmsnap/vmsnap/internal/qemu"
+	"github.com/vmsnap/vmsnap/internal/qemuimg"
 	"github.com/vmsnap/vmsnap/qmp"
 	"github.com/vmsnap/vmsnap/store"
 )
@@ -58,11 +59,29 @@ func planExternal(s *DomainSnapshot, disks []Disk) ([]string, error) {
 }
 
 // createOverlays creates the planned overlay files (0600, never over an
-// existing file); on error it removes the ones it created.
-func (d *Domain) createOverlays(ctx context.Context, disks []Disk, overlays []string) error {
-	for i, dk := range disks {
-		if err := d.img.CreateOverlay(ctx, overlays[i], dk.File, dk.Format, dk.VirtualSize); err != nil {
+// existing file): it reserves each empty file, records their ownership
+// tokens on the intent (see ownership.go), then writes the images. On
+// error it removes the files it created.
+func (c *creation) createOverlays(ctx context.Context, overlays []string) error {
+	d := c.d
+	for i, dk := range c.disks {
+		if err := qemuimg.ReserveFile(overlays[i]); err != nil {
 			removeFiles(overlays[:i])
+			return &DiskError{Disk: dk.name(), Err: err}
+		}
+	}
+	tokens, err := d.claimAll(overlays)
+	if err == nil {
+		c.s.owns = tokens
+		err = c.intent(ctx, nil)
+	}
+	if err != nil {
+		removeFiles(overlays)
+		return err
+	}
+	for i, dk := range c.disks {
+		if err := d.img.FormatOverlay(ctx, overlays[i], dk.File, dk.Format, dk.VirtualSize); err != nil {
+			removeFiles(overlays)
 			return &DiskError{Disk: dk.name(), Err: err}
 		}
 	}
@@ -101,15 +120,9 @@ func externalDone(s *DomainSnapshot, disks []Disk) (done, none bool) {
 func (d *Domain) memoryPath(name string) (string, error) {
 	// One directory per domain, so two domains' snapshots of one name
 	// never meet.
-	dir := ""
-	if d.opts.MemoryDir != "" {
-		dir = filepath.Join(d.opts.MemoryDir, d.uuid)
-	} else {
-		root := d.fileStoreRoot()
-		if root == "" {
-			return "", fmt.Errorf("%w: external memory needs Options.MemoryDir with a %T store", ErrUnsupported, d.store)
-		}
-		dir = filepath.Join(root, d.uuid)
+	dir := d.domainDir()
+	if dir == "" {
+		return "", fmt.Errorf("%w: external memory needs Options.MemoryDir with a %T store", ErrUnsupported, d.store)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", err
@@ -158,7 +171,7 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 	if err := c.intent(ctx, nil); err != nil {
 		return err
 	}
-	if err := d.createOverlays(ctx, c.disks, overlays); err != nil {
+	if err := c.createOverlays(ctx, overlays); err != nil {
 		return c.undoExternal(ctx, nil, false, false, err)
 	}
 	var thaw func() error

@@ -114,10 +114,14 @@ func toRecord(s *DomainSnapshot) *store.Record {
 		Downtime:     s.Downtime,
 		Config:       s.Config,
 	}
+	if len(s.Excluded) > 0 || len(s.owns) > 0 {
+		r.Labels = map[string]string{}
+	}
 	if len(s.Excluded) > 0 {
 		b, _ := json.Marshal(s.Excluded)
-		r.Labels = map[string]string{labelExcluded: string(b)}
+		r.Labels[labelExcluded] = string(b)
 	}
+	putOwnTokens(r.Labels, s.owns)
 	for _, ds := range s.Disks {
 		r.Disks = append(r.Disks, store.Disk{
 			Device: ds.Device, Node: ds.Node, File: ds.File, Kind: string(ds.Kind), ID: ds.ID, Tag: ds.Name,
@@ -144,6 +148,7 @@ func fromRecord(r *store.Record) *DomainSnapshot {
 	if v := r.Labels[labelExcluded]; v != "" {
 		_ = json.Unmarshal([]byte(v), &s.Excluded)
 	}
+	s.owns = ownTokens(r.Labels)
 	for _, dd := range r.Disks {
 		if dd.Removed {
 			s.partial = append(s.partial, dd.Device)
@@ -216,7 +221,7 @@ func (d *Domain) commitRelaunch(ctx context.Context, name string, in *relaunchIn
 	if err := d.setCurrent(ctx, name); err != nil {
 		return err
 	}
-	return d.retireRevertOverlays(ctx, name, in.Created, in.Force)
+	return d.retireRevertOverlays(ctx, name, in.Created, in.Owns, in.Force)
 }
 
 // Revert overlays (the new top images a revert puts over a snapshot's
@@ -231,7 +236,7 @@ const labelRevertOverlay = "vmsnap.revert-overlay."
 // retireRevertOverlays records the overlays this revert created on the
 // record of name, clears its relaunch intent and, with force, removes the
 // recorded revert overlays that nothing uses any more.
-func (d *Domain) retireRevertOverlays(ctx context.Context, name string, created []string, force bool) error {
+func (d *Domain) retireRevertOverlays(ctx context.Context, name string, created, owns []string, force bool) error {
 	recs, used, err := d.usedImages(ctx, "")
 	if err != nil {
 		return err
@@ -241,6 +246,10 @@ func (d *Domain) retireRevertOverlays(ctx context.Context, name string, created 
 		changed := false
 		for k, f := range r.Labels {
 			if !force || !strings.HasPrefix(k, labelRevertOverlay) || used[f] {
+				continue
+			}
+			if _, err := os.Lstat(f); err == nil && !d.provenBy(ownTokens(r.Labels), f) {
+				errs = append(errs, errUnproven("a revert overlay label", []string{f}))
 				continue
 			}
 			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -265,6 +274,7 @@ func (d *Domain) retireRevertOverlays(ctx context.Context, name string, created 
 					r.Labels[labelRevertOverlay+strconv.Itoa(nextLabelIndex(r.Labels))] = f
 				}
 			}
+			putOwnTokens(r.Labels, owns)
 			delete(r.Labels, labelRelaunch)
 			changed = true
 		}

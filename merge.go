@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -89,6 +90,9 @@ func (d *Domain) deleteExternal(ctx context.Context, r *store.Record, disks []Di
 	if err != nil {
 		return err
 	}
+	if bad := d.unprovenMergeFiles(r, recs, in, plan); len(bad) > 0 {
+		return errUnproven("snapshot "+strconv.Quote(r.Name), bad)
+	}
 	var nodes map[string]string
 	if d.online() {
 		if nodes, err = d.nodesByFile(ctx); err != nil {
@@ -120,6 +124,61 @@ func (d *Domain) deleteExternal(ctx context.Context, r *store.Record, disks []Di
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// unprovenMergeFiles returns the files the plan would remove, rebase or
+// commit that vmsnap cannot prove are this domain's own (see
+// ownership.go): neither in the chains the domain runs on nor proven by a
+// token of one of its records; and the memory file, unless it is where
+// vmsnap puts it. The plan runs only when there are none.
+func (d *Domain) unprovenMergeFiles(r *store.Record, recs []*store.Record, in merge.Input, plan *merge.Plan) []string {
+	inChain := map[string]bool{}
+	for _, c := range in.Chains {
+		inChain[c.Top] = true
+		for _, b := range c.Backing {
+			inChain[b] = true
+		}
+	}
+	var tokens []string
+	for _, rr := range append(recs, r) {
+		tokens = append(tokens, ownTokens(rr.Labels)...)
+	}
+	var bad []string
+	check := func(f string) {
+		if f == "" || inChain[f] || slices.Contains(bad, f) {
+			return
+		}
+		if _, err := os.Lstat(f); errors.Is(err, os.ErrNotExist) {
+			return
+		}
+		if !d.provenBy(tokens, f) {
+			bad = append(bad, f)
+		}
+	}
+	for _, dp := range plan.Disks {
+		if dp.Action == merge.ActionDone {
+			continue
+		}
+		for _, f := range dp.Garbage {
+			check(f)
+		}
+		for _, f := range append(append([]string(nil), dp.Relink...), dp.Rebase...) {
+			check(f)
+		}
+		if dp.Method == merge.MethodOfflineCommit {
+			check(dp.Child)
+			check(dp.Frozen)
+		}
+	}
+	for _, f := range plan.RevertOverlays {
+		check(f)
+	}
+	if f := r.Memory.File; f != "" && !d.ownedMemoryFile(r.Name, f) {
+		if _, err := os.Lstat(f); err == nil {
+			bad = append(bad, f)
+		}
+	}
+	return bad
 }
 
 // runDiskMerge carries out one disk's plan.

@@ -82,7 +82,7 @@ func (d *Domain) reconcile(ctx context.Context, setPhase func(Phase)) error {
 		default:
 			err = fmt.Errorf("unknown status %q: %w", r.Status, ErrInconsistent)
 		}
-		if err != nil {
+		if err != nil && !errors.Is(err, errUnprovenFiles) {
 			errs = append(errs, fmt.Errorf("reconcile snapshot %q: %w", r.Name, err))
 		}
 	}
@@ -171,14 +171,14 @@ func (d *Domain) reconcileCreateExternal(ctx context.Context, r *store.Record, s
 		}
 	}
 	switch {
-	case done && memoryWhole:
+	case done && memoryWhole && d.ownedMemoryFile(s.Name, s.Memory.File):
 		if err := syncFile(s.Memory.File); err != nil {
 			return fmt.Errorf("memory file: %w", err)
 		}
 		s.Problems = nil
 		return d.commit(ctx, s)
 	case done:
-		if s.Memory.File != "" {
+		if s.Memory.File != "" && d.ownedMemoryFile(s.Name, s.Memory.File) {
 			os.Remove(s.Memory.File)
 		}
 		s.Memory = Memory{Kind: MemoryNone}
@@ -186,11 +186,29 @@ func (d *Domain) reconcileCreateExternal(ctx context.Context, r *store.Record, s
 		s.Problems = nil
 		return d.commit(ctx, s)
 	case none:
+		// Only files this create made are removed: an overlay proven by
+		// its token or still the empty reservation, the memory file where
+		// vmsnap puts it.
+		var kept []string
 		for _, ds := range s.Disks {
-			os.Remove(ds.Overlay)
+			if _, err := os.Lstat(ds.Overlay); err != nil {
+				continue
+			}
+			if d.provenBy(s.owns, ds.Overlay) || reservedEmpty(ds.Overlay) {
+				os.Remove(ds.Overlay)
+			} else {
+				kept = append(kept, ds.Overlay)
+			}
 		}
 		if s.Memory.File != "" {
-			os.Remove(s.Memory.File)
+			if d.ownedMemoryFile(s.Name, s.Memory.File) {
+				os.Remove(s.Memory.File)
+			} else if _, err := os.Lstat(s.Memory.File); err == nil {
+				kept = append(kept, s.Memory.File)
+			}
+		}
+		if len(kept) > 0 {
+			return errUnproven("the interrupted create", kept)
 		}
 		return d.dropRecord(ctx, s.Name)
 	}

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/vmsnap/vmsnap/internal/qemuimg"
 	"github.com/vmsnap/vmsnap/qmp"
 	"github.com/vmsnap/vmsnap/store"
 )
@@ -61,6 +62,8 @@ type relaunchIntent struct {
 	// Old are the disks QEMU ran on before, to restart on if the revert
 	// cannot finish.
 	Old []LaunchDisk `json:"old"`
+	// Owns are the ownership tokens of Created (see ownership.go).
+	Owns []string `json:"owns,omitempty"`
 	// Force removes earlier revert overlays nothing uses
 	// (RevertPruneOverlays).
 	Force bool `json:"force"`
@@ -134,7 +137,7 @@ func (d *Domain) revertRelaunch(ctx context.Context, op *Op[*DomainSnapshot], s 
 	if err := d.setRelaunchIntent(ctx, s.Name, &in); err != nil {
 		return nil, err
 	}
-	if err := d.createRevertOverlays(ctx, s, in.Created); err != nil {
+	if err := d.createRevertOverlays(ctx, s, &in, in.Created); err != nil {
 		return nil, d.undoRelaunch(ctx, s.Name, &in, false, err)
 	}
 	if checker != nil {
@@ -164,21 +167,47 @@ func (in *relaunchIntent) spec(s *DomainSnapshot) LaunchSpec {
 
 // createRevertOverlays creates the overlay files of a relaunch revert over
 // the snapshot's frozen images; on error it removes the ones it made.
-func (d *Domain) createRevertOverlays(ctx context.Context, s *DomainSnapshot, created []string) error {
+//
+// Like a create's overlays, each file is reserved empty first, its
+// ownership token recorded in the relaunch intent, and only then the
+// image written into it (see ownership.go); which files to make is given
+// by which (all of in.Created, or those a crash left missing).
+func (d *Domain) createRevertOverlays(ctx context.Context, s *DomainSnapshot, in *relaunchIntent, which []string) error {
+	var reserved []string
+	undo := func(err error) error {
+		removeFiles(reserved)
+		return err
+	}
+	for _, f := range which {
+		if err := qemuimg.ReserveFile(f); err != nil {
+			return undo(err)
+		}
+		reserved = append(reserved, f)
+	}
+	tokens, err := d.claimAll(reserved)
+	if err != nil {
+		return undo(err)
+	}
+	in.Owns = append(in.Owns, tokens...)
+	if err := d.setRelaunchIntent(ctx, s.Name, in); err != nil {
+		return undo(err)
+	}
 	i := 0
 	for _, ds := range s.Disks {
 		if ds.Kind != DiskExternal {
 			continue
 		}
-		top := created[i]
+		top := in.Created[i]
 		i++
+		if !slices.Contains(which, top) {
+			continue
+		}
 		info, err := d.img.Info(ctx, ds.File)
 		if err == nil {
-			err = d.img.CreateOverlay(ctx, top, ds.File, info.Format, info.VirtualSize)
+			err = d.img.FormatOverlay(ctx, top, ds.File, info.Format, info.VirtualSize)
 		}
 		if err != nil {
-			removeFiles(created[:i-1])
-			return &DiskError{Disk: diskLabel(ds), Err: err}
+			return undo(&DiskError{Disk: diskLabel(ds), Err: err})
 		}
 	}
 	return nil
@@ -273,7 +302,20 @@ func (d *Domain) undoRelaunch(ctx context.Context, name string, in *relaunchInte
 		}
 		cause = fmt.Errorf("%w (QEMU was restarted on its previous disks; the guest's memory state before the revert is lost)", cause)
 	}
-	removeFiles(in.Created)
+	var kept []string
+	for _, f := range in.Created {
+		if _, err := os.Lstat(f); err != nil {
+			continue
+		}
+		if !d.provenBy(in.Owns, f) && !reservedEmpty(f) {
+			kept = append(kept, f)
+			continue
+		}
+		os.Remove(f)
+	}
+	if len(kept) > 0 {
+		cause = errors.Join(cause, errUnproven("the interrupted revert", kept))
+	}
 	if err := d.setRelaunchIntent(cctx, name, nil); err != nil {
 		return errors.Join(cause, err)
 	}
@@ -347,7 +389,10 @@ func (d *Domain) reconcileRelaunch(ctx context.Context, r *store.Record, in *rel
 		return fmt.Errorf("%w: a revert to %q was interrupted and no QEMU runs: the domain is down; give the Domain a Launcher and call Reconcile to finish the revert, or start QEMU on its previous disks %s", ErrInconsistent, s.Name, describeDisks(in.Old))
 	}
 	for _, f := range in.Created {
-		if !d.usableOverlay(ctx, f) {
+		if _, err := os.Lstat(f); err == nil && !d.usableOverlay(ctx, f) {
+			if !d.provenBy(in.Owns, f) && !reservedEmpty(f) {
+				return errUnproven("the interrupted revert", []string{f})
+			}
 			os.Remove(f)
 		}
 	}
@@ -358,7 +403,7 @@ func (d *Domain) reconcileRelaunch(ctx context.Context, r *store.Record, in *rel
 		}
 	}
 	if len(missing) > 0 {
-		if err := d.recreateRevertOverlays(ctx, s, in, missing); err != nil {
+		if err := d.createRevertOverlays(ctx, s, in, missing); err != nil {
 			return d.undoRelaunch(ctx, s.Name, in, true, err)
 		}
 	}
@@ -371,30 +416,6 @@ func (d *Domain) reconcileRelaunch(ctx context.Context, r *store.Record, in *rel
 func (d *Domain) usableOverlay(ctx context.Context, f string) bool {
 	info, err := d.img.Info(ctx, f)
 	return err == nil && info.Format == "qcow2" && info.Backing != ""
-}
-
-// recreateRevertOverlays makes again those of the revert's overlays that
-// are missing.
-func (d *Domain) recreateRevertOverlays(ctx context.Context, s *DomainSnapshot, in *relaunchIntent, missing []string) error {
-	i := 0
-	for _, ds := range s.Disks {
-		if ds.Kind != DiskExternal {
-			continue
-		}
-		top := in.Created[i]
-		i++
-		if !slices.Contains(missing, top) {
-			continue
-		}
-		info, err := d.img.Info(ctx, ds.File)
-		if err == nil {
-			err = d.img.CreateOverlay(ctx, top, ds.File, info.Format, info.VirtualSize)
-		}
-		if err != nil {
-			return &DiskError{Disk: diskLabel(ds), Err: err}
-		}
-	}
-	return nil
 }
 
 func describe(s *DomainSnapshot) string {

@@ -144,6 +144,7 @@ type DomainSnapshot struct {
 	Problems []Problem
 
 	partial []string // disks an unfinished delete already removed it from
+	owns    []string // ownership tokens of the files vmsnap created for it
 }
 
 // IsDiskOnly reports whether the snapshot holds disks but no memory state.

@@ -152,6 +152,21 @@ func (r Runner) SnapshotApply(ctx context.Context, file, tag string) error {
 // it with -u, without opening the backing file (a running QEMU holds it).
 // On failure the file is removed.
 func (r Runner) CreateOverlay(ctx context.Context, path, base, baseFormat string, size uint64) error {
+	if err := ReserveFile(path); err != nil {
+		return err
+	}
+	if err := r.FormatOverlay(ctx, path, base, baseFormat, size); err != nil {
+		os.Remove(path)
+		return err
+	}
+	return nil
+}
+
+// ReserveFile creates path as a new, empty file (0600, never over an
+// existing file: sentinel.ErrExists), so that its identity (device and
+// inode) is fixed before anything is written into it; FormatOverlay then
+// writes the image into that same file.
+func ReserveFile(path string) error {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 	if err != nil {
 		if errors.Is(err, os.ErrExist) {
@@ -159,13 +174,18 @@ func (r Runner) CreateOverlay(ctx context.Context, path, base, baseFormat string
 		}
 		return fmt.Errorf("create overlay: %w", err)
 	}
-	f.Close()
+	return f.Close()
+}
+
+// FormatOverlay writes a qcow2 image backed by base (of format baseFormat,
+// "" meaning qcow2) with the given virtual size into the existing file
+// path, keeping the file itself (qemu-img create -u does not open the
+// backing file, which QEMU may hold).
+func (r Runner) FormatOverlay(ctx context.Context, path, base, baseFormat string, size uint64) error {
 	if baseFormat == "" {
 		baseFormat = "qcow2"
 	}
-	err = r.run(ctx, "create", "-q", "-f", "qcow2", "-u", "-F", baseFormat, "-b", base, "--", path, strconv.FormatUint(size, 10))
-	if err != nil {
-		os.Remove(path)
+	if err := r.run(ctx, "create", "-q", "-f", "qcow2", "-u", "-F", baseFormat, "-b", base, "--", path, strconv.FormatUint(size, 10)); err != nil {
 		return fmt.Errorf("create overlay %s: %w", path, err)
 	}
 	return nil
