@@ -16,12 +16,12 @@ func (m migrationSaver) SaveState(ctx context.Context, req SaveStateRequest) (Sa
 	if req.Live {
 		mode = m.d.liveMode(ctx)
 	}
-	res, err := migrate.Save(ctx, req.Monitor, m.d.features, req.Path, mode, migrate.FormatStream, req.Progress, req.AtStop)
+	res, err := migrate.Save(ctx, req.Monitor, m.d.features, req.Path, mode, req.Progress, req.AtStop)
 	return SaveStateResult{Downtime: res.Downtime, Bytes: res.Bytes}, err
 }
 
 func (m migrationSaver) LoadState(ctx context.Context, req LoadStateRequest) error {
-	return migrate.Load(ctx, req.Monitor, req.Path, migrate.FormatStream, req.Progress)
+	return migrate.Load(ctx, req.Monitor, req.Path, req.Progress)
 }
 
 // stateSaver returns the StateSaver of the domain.
