@@ -11,6 +11,11 @@
 // MemStore keeps the same records in memory. The storetest package holds
 // the conformance suite every implementation passes.
 //
+// Backends may offer optional capabilities, detected with a type
+// assertion: Committer stores a finished record and makes it current in
+// one durable step (the Commit function falls back to Put then SetCurrent
+// for a Store without it).
+//
 // # Records
 //
 // A Record mirrors libxl_vm_snapshot (name, creation time, memory file,

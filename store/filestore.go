@@ -59,7 +59,10 @@ type domainLock struct {
 	refs int
 }
 
-var _ Store = (*FileStore)(nil)
+var (
+	_ Store     = (*FileStore)(nil)
+	_ Committer = (*FileStore)(nil)
+)
 
 // Root returns the store's root directory.
 func (s *FileStore) Root() string { return s.root }

@@ -65,3 +65,8 @@ func (s *FileStore) Current(ctx context.Context, domain string) (string, error) 
 func (s *FileStore) SetCurrent(ctx context.Context, domain, name string) error {
 	return s.unsupported()
 }
+
+// Commit fails with an error wrapping ErrUnsupported on this system.
+func (s *FileStore) Commit(ctx context.Context, domain string, r *Record, makeCurrent bool) error {
+	return s.unsupported()
+}

@@ -89,7 +89,7 @@ func (s *FileStore) Lock(ctx context.Context, domain string) (func() error, erro
 		release()
 		return nil, openError(lockPath, err)
 	}
-	if _, err := checkFile(fd, dir, lockFileName, false); err != nil {
+	if _, err := checkFile(fd, dir, lockFileName, false, os.Geteuid()); err != nil {
 		unix.Close(fd)
 		release()
 		return nil, err
@@ -205,7 +205,7 @@ func (s *FileStore) Get(ctx context.Context, domain, name string) (*Record, erro
 	}
 	defer unix.Close(dirfd)
 	fn := RecordFileName(name)
-	r, _, err := readRecord(dirfd, dir, fn, nil)
+	r, _, err := readRecord(dirfd, dir, fn, nil, os.Geteuid())
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("store: domain %s: snapshot %q: %w", domain, name, ErrNotFound)
 	}
@@ -248,7 +248,7 @@ func (s *FileStore) Delete(ctx context.Context, domain, name string) error {
 	// Clear current first: a crash in between leaves no current snapshot
 	// rather than a current snapshot that does not exist. A current file
 	// that cannot be read is left alone (Current reports it).
-	if cur, err := readCurrent(dirfd, dir); err == nil && cur == name {
+	if cur, err := readCurrent(dirfd, dir, os.Geteuid()); err == nil && cur == name {
 		if err := removeAt(dirfd, dir, currentFileName); err != nil {
 			return fmt.Errorf("store: domain %s: clearing current snapshot %q: %w", domain, name, err)
 		}
@@ -301,6 +301,7 @@ func (s *FileStore) List(ctx context.Context, domain string) ([]*Record, error) 
 	}
 	records := make([]*Record, len(names))
 	errs := make([]error, len(names))
+	euid := os.Geteuid()
 	workers := runtime.GOMAXPROCS(0)
 	if len(names) < 64 {
 		workers = 1
@@ -317,7 +318,7 @@ func (s *FileStore) List(ctx context.Context, domain string) ([]*Record, error) 
 				if i >= len(names) || i%128 == 0 && ctx.Err() != nil {
 					return
 				}
-				r, b, err := readRecord(dirfd, dir, names[i], buf)
+				r, b, err := readRecord(dirfd, dir, names[i], buf, euid)
 				buf = b
 				if errors.Is(err, fs.ErrNotExist) {
 					continue // deleted since the directory was read
@@ -359,7 +360,7 @@ func (s *FileStore) Current(ctx context.Context, domain string) (string, error) 
 		return "", err
 	}
 	defer unix.Close(dirfd)
-	name, err := readCurrent(dirfd, dir)
+	name, err := readCurrent(dirfd, dir, os.Geteuid())
 	if errors.Is(err, fs.ErrNotExist) {
 		return "", nil
 	}
@@ -416,6 +417,82 @@ func (s *FileStore) SetCurrent(ctx context.Context, domain, name string) error {
 	return nil
 }
 
+// Commit implements Committer. Without makeCurrent it is Put. With it,
+// the record and current.xl are each written to a temporary file, both
+// files are fsynced (at the same time, so that the filesystem can make
+// them durable in one journal commit), the record is renamed into place,
+// then current.xl, and the directory is fsynced once: three flushes where
+// Put then SetCurrent take four.
+//
+// A crash before the first rename changes nothing (the temporary files
+// are removed by the next Lock); between the renames it leaves the record
+// stored and current.xl as it was; after both, before the directory
+// fsync, either of those or both done. current.xl is renamed second so
+// that it never names a record that is not there: this relies on the
+// filesystem making the renames of one directory durable in the order
+// they were made, as journaling filesystems (ext4, XFS, btrfs) do. Were
+// that order lost, current.xl could name the snapshot while its record
+// file is still the previous version (for an engine, the intent record
+// it wrote before acting), never a missing file, when the record existed
+// before the Commit.
+func (s *FileStore) Commit(ctx context.Context, domain string, r *Record, makeCurrent bool) error {
+	if !makeCurrent {
+		return s.Put(ctx, domain, r)
+	}
+	if err := ValidateDomain(domain); err != nil {
+		return err
+	}
+	data, err := Marshal(r)
+	if err != nil {
+		return fmt.Errorf("store: domain %s: %w", domain, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	dirfd, dir, err := s.openDir(domain, true)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(dirfd)
+	fn := RecordFileName(r.Name)
+	var (
+		curTmp string
+		curErr error
+		wg     sync.WaitGroup
+	)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		curTmp, curErr = writeTemp(dirfd, dir, currentFileName, marshalCurrent(r.Name))
+	}()
+	recTmp, err := writeTemp(dirfd, dir, fn, data)
+	wg.Wait()
+	if err != nil || curErr != nil {
+		if recTmp != "" {
+			unix.Unlinkat(dirfd, recTmp, 0)
+		}
+		if curTmp != "" {
+			unix.Unlinkat(dirfd, curTmp, 0)
+		}
+		if err == nil {
+			return fmt.Errorf("store: domain %s: making snapshot %q current: %w", domain, r.Name, curErr)
+		}
+		return fmt.Errorf("store: domain %s: snapshot %q: %w", domain, r.Name, err)
+	}
+	if err := renameAt(dirfd, dir, recTmp, fn); err != nil {
+		unix.Unlinkat(dirfd, curTmp, 0)
+		return fmt.Errorf("store: domain %s: snapshot %q: %w", domain, r.Name, err)
+	}
+	curErr = renameAt(dirfd, dir, curTmp, currentFileName)
+	if err := unix.Fsync(dirfd); err != nil {
+		return fmt.Errorf("store: domain %s: snapshot %q: %w", domain, r.Name, &os.PathError{Op: "fsync", Path: dir, Err: err})
+	}
+	if curErr != nil {
+		return fmt.Errorf("store: domain %s: snapshot %q stored, but not made current: %w", domain, r.Name, curErr)
+	}
+	return nil
+}
+
 // openDir opens the domain's directory, creating it when create is set. It
 // returns -1 and no error when the directory does not exist and create is
 // not set.
@@ -424,7 +501,7 @@ func (s *FileStore) openDir(domain string, create bool) (int, string, error) {
 	for attempt := 0; ; attempt++ {
 		fd, err := open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC)
 		if err == nil {
-			if _, err := checkFile(fd, dir, "", true); err != nil {
+			if _, err := checkFile(fd, dir, "", true, os.Geteuid()); err != nil {
 				unix.Close(fd)
 				return -1, dir, err
 			}
@@ -471,8 +548,8 @@ func openError(path string, err error) error {
 }
 
 // checkFile checks that fd is a directory (or a regular file) that group
-// and others cannot write.
-func checkFile(fd int, parent, name string, dir bool) (*unix.Stat_t, error) {
+// and others cannot write, owned by the user euid, and returns its size.
+func checkFile(fd int, parent, name string, dir bool, euid int) (int64, error) {
 	var st unix.Stat_t
 	path := func() string {
 		if name == "" {
@@ -481,21 +558,21 @@ func checkFile(fd int, parent, name string, dir bool) (*unix.Stat_t, error) {
 		return parent + "/" + name
 	}
 	if err := unix.Fstat(fd, &st); err != nil {
-		return nil, fmt.Errorf("store: %w", &os.PathError{Op: "stat", Path: path(), Err: err})
+		return 0, fmt.Errorf("store: %w", &os.PathError{Op: "stat", Path: path(), Err: err})
 	}
 	switch kind := st.Mode & unix.S_IFMT; {
 	case dir && kind != unix.S_IFDIR:
-		return nil, fmt.Errorf("store: %s: not a directory: %w", path(), ErrUnsafePermissions)
+		return 0, fmt.Errorf("store: %s: not a directory: %w", path(), ErrUnsafePermissions)
 	case !dir && kind != unix.S_IFREG:
-		return nil, fmt.Errorf("store: %s: not a regular file: %w", path(), ErrUnsafePermissions)
+		return 0, fmt.Errorf("store: %s: not a regular file: %w", path(), ErrUnsafePermissions)
 	}
 	if st.Mode&0o022 != 0 {
-		return nil, fmt.Errorf("store: %s: mode %04o is writable by group or others (chmod go-w): %w", path(), st.Mode&0o7777, ErrUnsafePermissions)
+		return 0, fmt.Errorf("store: %s: mode %04o is writable by group or others (chmod go-w): %w", path(), st.Mode&0o7777, ErrUnsafePermissions)
 	}
-	if err := checkOwner(path(), st.Uid); err != nil {
-		return nil, err
+	if int64(st.Uid) != int64(euid) {
+		return 0, checkOwner(path(), st.Uid)
 	}
-	return &st, nil
+	return st.Size, nil
 }
 
 // checkOwner refuses a file or directory that the process's effective user
@@ -518,7 +595,7 @@ func recordError(domain, dir, fn string, err error) *RecordError {
 func isSymlinkErrno(err error) bool { return err == unix.ELOOP || err == unix.EMLINK }
 
 // readAt reads the file name in dirfd into buf (reusing its capacity).
-func readAt(dirfd int, dir, name string, buf []byte) ([]byte, error) {
+func readAt(dirfd int, dir, name string, buf []byte, euid int) ([]byte, error) {
 	fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
 		path := dir + "/" + name
@@ -528,14 +605,14 @@ func readAt(dirfd int, dir, name string, buf []byte) ([]byte, error) {
 		return buf, fmt.Errorf("store: %w", &os.PathError{Op: "open", Path: path, Err: err})
 	}
 	defer unix.Close(fd)
-	st, err := checkFile(fd, dir, name, false)
+	size, err := checkFile(fd, dir, name, false, euid)
 	if err != nil {
 		return buf, err
 	}
-	if st.Size > MaxRecordSize {
-		return buf, &CorruptError{Path: dir + "/" + name, Err: fmt.Errorf("%d bytes, larger than %d", st.Size, MaxRecordSize)}
+	if size > MaxRecordSize {
+		return buf, &CorruptError{Path: dir + "/" + name, Err: fmt.Errorf("%d bytes, larger than %d", size, MaxRecordSize)}
 	}
-	if need := int(st.Size) + 1; cap(buf) < need {
+	if need := int(size) + 1; cap(buf) < need {
 		buf = make([]byte, 0, max(need, 4096))
 	}
 	buf = buf[:cap(buf)]
@@ -559,7 +636,7 @@ func readAt(dirfd int, dir, name string, buf []byte) ([]byte, error) {
 		// Record files are replaced by rename, never changed in place, so
 		// the size from fstat is the whole file; stopping there saves a
 		// read per file.
-		if m == 0 || n >= int(st.Size) && st.Size > 0 {
+		if m == 0 || n >= int(size) && size > 0 {
 			return buf[:n], nil
 		}
 	}
@@ -567,8 +644,8 @@ func readAt(dirfd int, dir, name string, buf []byte) ([]byte, error) {
 
 // readRecord reads and parses one record file and checks that it holds the
 // snapshot its file name says. It returns buf for reuse.
-func readRecord(dirfd int, dir, name string, buf []byte) (*Record, []byte, error) {
-	data, err := readAt(dirfd, dir, name, buf)
+func readRecord(dirfd int, dir, name string, buf []byte, euid int) (*Record, []byte, error) {
+	data, err := readAt(dirfd, dir, name, buf, euid)
 	if err != nil {
 		return nil, data, err
 	}
@@ -586,8 +663,8 @@ func readRecord(dirfd int, dir, name string, buf []byte) (*Record, []byte, error
 	return r, data, nil
 }
 
-func readCurrent(dirfd int, dir string) (string, error) {
-	data, err := readAt(dirfd, dir, currentFileName, nil)
+func readCurrent(dirfd int, dir string, euid int) (string, error) {
+	data, err := readAt(dirfd, dir, currentFileName, nil, euid)
 	if err != nil {
 		return "", err
 	}
@@ -606,6 +683,22 @@ func readCurrent(dirfd int, dir string) (string, error) {
 // writeAtomic replaces name in dirfd with data: temporary file, fsync,
 // rename, fsync of the directory.
 func writeAtomic(dirfd int, dir, name string, data []byte) error {
+	tmp, err := writeTemp(dirfd, dir, name, data)
+	if err != nil {
+		return err
+	}
+	if err := renameAt(dirfd, dir, tmp, name); err != nil {
+		return err
+	}
+	if err := unix.Fsync(dirfd); err != nil {
+		return &os.PathError{Op: "fsync", Path: dir, Err: err}
+	}
+	return nil
+}
+
+// writeTemp writes data to a new temporary file for name in dirfd, fsyncs
+// and closes it, and returns its name. On error nothing is left behind.
+func writeTemp(dirfd int, dir, name string, data []byte) (string, error) {
 	var (
 		tmp string
 		fd  int
@@ -619,7 +712,7 @@ func writeAtomic(dirfd int, dir, name string, data []byte) error {
 		}
 	}
 	if err != nil {
-		return &os.PathError{Op: "create", Path: dir + "/" + tmp, Err: err}
+		return "", &os.PathError{Op: "create", Path: dir + "/" + tmp, Err: err}
 	}
 	f := os.NewFile(uintptr(fd), dir+"/"+tmp)
 	_, err = f.Write(data)
@@ -629,17 +722,19 @@ func writeAtomic(dirfd int, dir, name string, data []byte) error {
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
-	if err == nil {
-		if rerr := unix.Renameat(dirfd, tmp, dirfd, name); rerr != nil {
-			err = &os.PathError{Op: "rename", Path: dir + "/" + name, Err: rerr}
-		}
-	}
 	if err != nil {
 		unix.Unlinkat(dirfd, tmp, 0)
-		return err
+		return "", err
 	}
-	if err := unix.Fsync(dirfd); err != nil {
-		return &os.PathError{Op: "fsync", Path: dir, Err: err}
+	return tmp, nil
+}
+
+// renameAt renames the temporary file tmp over name, removing tmp if that
+// fails.
+func renameAt(dirfd int, dir, tmp, name string) error {
+	if err := unix.Renameat(dirfd, tmp, dirfd, name); err != nil {
+		unix.Unlinkat(dirfd, tmp, 0)
+		return &os.PathError{Op: "rename", Path: dir + "/" + name, Err: err}
 	}
 	return nil
 }

@@ -23,7 +23,10 @@ type memDomain struct {
 	current string
 }
 
-var _ Store = (*MemStore)(nil)
+var (
+	_ Store     = (*MemStore)(nil)
+	_ Committer = (*MemStore)(nil)
+)
 
 // NewMemStore returns an empty MemStore.
 func NewMemStore() *MemStore {
@@ -81,6 +84,29 @@ func (s *MemStore) Put(ctx context.Context, domain string, r *Record) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	d.records[r.Name] = data
+	return nil
+}
+
+// Commit implements Committer: the record and the current snapshot change
+// together, under one lock.
+func (s *MemStore) Commit(ctx context.Context, domain string, r *Record, makeCurrent bool) error {
+	d, err := s.domain(domain)
+	if err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	data, err := Marshal(r)
+	if err != nil {
+		return fmt.Errorf("store: domain %s: %w", domain, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d.records[r.Name] = data
+	if makeCurrent {
+		d.current = r.Name
+	}
 	return nil
 }
 

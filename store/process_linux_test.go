@@ -49,7 +49,9 @@ func TestHelperProcess(t *testing.T) {
 	case "hold-lock":
 		err = helperHoldLock(s)
 	case "crash-writer":
-		err = helperCrashWriter(s, arg)
+		err = helperCrashWriter(s, arg, false)
+	case "crash-committer":
+		err = helperCrashWriter(s, arg, true)
 	case "racer":
 		err = helperRacer(s, arg)
 	default:
@@ -206,15 +208,20 @@ func checkCrashRecord(r *store.Record) (int, error) {
 }
 
 // helperCrashWriter writes versions base, base+1, ... forever, printing each
-// version once its Put has returned.
-func helperCrashWriter(s *store.FileStore, arg string) error {
+// version once its Put (or its Commit making it current) has returned.
+func helperCrashWriter(s *store.FileStore, arg string, commit bool) error {
 	base, err := strconv.Atoi(arg)
 	if err != nil {
 		return err
 	}
 	ctx := context.Background()
 	for v := base; ; v++ {
-		if err := s.Put(ctx, dom, crashRecord(v)); err != nil {
+		if commit {
+			err = s.Commit(ctx, dom, crashRecord(v), true)
+		} else {
+			err = s.Put(ctx, dom, crashRecord(v))
+		}
+		if err != nil {
 			return err
 		}
 		fmt.Println(v)
@@ -224,19 +231,31 @@ func helperCrashWriter(s *store.FileStore, arg string) error {
 // TestCrashDuringWrites kills a writing process with SIGKILL at random
 // moments, many times. Afterwards every record parses and is exactly the
 // last version whose write returned, or the version being written.
-func TestCrashDuringWrites(t *testing.T) {
+func TestCrashDuringWrites(t *testing.T) { crashDuringWrites(t, false) }
+
+// TestCrashDuringCommits does the same with Commit, and checks too that
+// the current snapshot is the last acknowledged one, or the one in flight
+// if its record landed: never a snapshot whose record was not written.
+func TestCrashDuringCommits(t *testing.T) { crashDuringWrites(t, true) }
+
+func crashDuringWrites(t *testing.T, commit bool) {
 	s, root := newFileStore(t)
 	ctx := context.Background()
 	runs := 100
 	if raceEnabled {
 		runs = 40
 	}
+	mode := "crash-writer"
+	if commit {
+		mode = "crash-committer"
+		runs /= 2
+	}
 	committed := map[string]int{} // newest acknowledged version per name
 	next := 0
 	var inflightLanded, inflightLost, tempsLeft int
 	var firstAck, waitKill time.Duration
 	for run := 0; run < runs; run++ {
-		cmd, _, out := startHelper(t, "crash-writer", root, strconv.Itoa(next))
+		cmd, _, out := startHelper(t, mode, root, strconv.Itoa(next))
 		acks := make(chan int, 1024)
 		go func() {
 			defer close(acks)
@@ -280,11 +299,13 @@ func TestCrashDuringWrites(t *testing.T) {
 		if len(rs) > len(crashNames) {
 			t.Fatalf("run %d: %d records, want at most %d", run, len(rs), len(crashNames))
 		}
+		landed := false
 		for _, r := range rs {
 			v, err := checkCrashRecord(r)
 			if err != nil {
 				t.Fatalf("run %d: %v", run, err)
 			}
+			landed = landed || v == inflight
 			switch {
 			case v == committed[r.Name]:
 				if r.Name == crashNames[inflight%len(crashNames)] {
@@ -296,6 +317,20 @@ func TestCrashDuringWrites(t *testing.T) {
 			default:
 				t.Fatalf("run %d: record %q is version %d; the last acknowledged is %d and the one in flight %d",
 					run, r.Name, v, committed[r.Name], inflight)
+			}
+		}
+		if commit {
+			cur, err := s.Current(ctx, dom)
+			if err != nil {
+				t.Fatalf("run %d: Current after SIGKILL: %v", run, err)
+			}
+			want := crashNames[last%len(crashNames)]
+			if landed && cur == crashNames[inflight%len(crashNames)] {
+				want = cur
+			}
+			if cur != want {
+				t.Fatalf("run %d: current snapshot is %q; the last acknowledged is %q (version %d), in flight %q (landed: %v)",
+					run, cur, crashNames[last%len(crashNames)], last, crashNames[inflight%len(crashNames)], landed)
 			}
 		}
 		for name, v := range committed {

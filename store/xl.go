@@ -282,20 +282,35 @@ func Unmarshal(data []byte) (*Record, error) {
 	r := &Record{}
 	var (
 		seen       uint32
-		diskSeen   []uint16
+		seenBuf    [8]uint16
+		diskSeen         = seenBuf[:0]
 		diskCount        = -1
 		epoch      int64 = -1
 		epochLine  int
 		creationOK bool
+		v          xlValue
+		itemBuf    [4]xlValue
 	)
-	p := xlParser{data: data, src: string(data), line: 1}
-	err := p.statements(func(key []byte, keyPos int, v *xlValue, line int) error {
+	// Strings without escapes are slices of src: one allocation for all
+	// of them.
+	p := xlParser{data: data, src: string(data), line: 1, items: itemBuf[:0]}
+	for {
+		key, keyPos, line, err := p.next(&v)
+		if err != nil {
+			return nil, err
+		}
+		if key == nil {
+			break
+		}
 		if idx := topKey(key); idx >= 0 {
 			if seen&(1<<idx) != 0 {
-				return fmt.Errorf("%q is set twice", key)
+				return nil, &CorruptError{Line: line, Err: fmt.Errorf("%q is set twice", key)}
 			}
 			seen |= 1 << idx
-			return r.setTop(idx, v, &diskCount, &epoch, &epochLine, line, &creationOK)
+			if err := r.setTop(&p, idx, &v, &diskCount, &epoch, &epochLine, line, &creationOK); err != nil {
+				return nil, &CorruptError{Line: line, Err: err}
+			}
+			continue
 		}
 		if d, f, ok := diskKey(key); ok {
 			if len(r.Disks) <= d {
@@ -304,23 +319,22 @@ func Unmarshal(data []byte) (*Record, error) {
 				diskSeen = append(diskSeen, make([]uint16, n-len(diskSeen))...)
 			}
 			if diskSeen[d]&(1<<f) != 0 {
-				return fmt.Errorf("%q is set twice", key)
+				return nil, &CorruptError{Line: line, Err: fmt.Errorf("%q is set twice", key)}
 			}
 			diskSeen[d] |= 1 << f
-			return setDiskField(&r.Disks[d], f, v)
+			if err := setDiskField(&p, &r.Disks[d], f, &v); err != nil {
+				return nil, &CorruptError{Line: line, Err: err}
+			}
+			continue
 		}
 		k := p.text(keyPos, keyPos+len(key))
 		if _, dup := r.Extra[k]; dup {
-			return fmt.Errorf("%q is set twice", key)
+			return nil, &CorruptError{Line: line, Err: fmt.Errorf("%q is set twice", key)}
 		}
 		if r.Extra == nil {
 			r.Extra = make(map[string]string)
 		}
 		r.Extra[k] = p.text(v.start, v.end)
-		return nil
-	})
-	if err != nil {
-		return nil, err
 	}
 	if diskCount < 0 {
 		diskCount = 0
@@ -347,59 +361,57 @@ func Unmarshal(data []byte) (*Record, error) {
 	return r, nil
 }
 
-func (r *Record) setTop(idx int, v *xlValue, diskCount *int, epoch *int64, epochLine *int, line int, creationOK *bool) error {
+func (r *Record) setTop(p *xlParser, idx int, v *xlValue, diskCount *int, epoch *int64, epochLine *int, line int, creationOK *bool) error {
 	var err error
 	switch idx {
 	case 0:
 		var n uint64
-		n, err = v.number(1 << 30)
+		n, err = p.number(v, 1<<30)
 		if err == nil && n == 0 {
 			err = errors.New("format_version must be at least 1")
 		}
 		r.FormatVersion = int(n)
 	case 1:
-		r.Name, err = v.string()
+		r.Name, err = p.string(v)
 	case 2:
-		r.Description, err = v.string()
+		r.Description, err = p.string(v)
 	case 3:
 		var s string
-		if s, err = v.string(); err == nil {
+		if s, err = p.string(v); err == nil {
 			r.CreationTime, err = parseTime(s)
 			*creationOK = err == nil
 		}
 	case 4:
 		var n uint64
-		n, err = v.number(1 << 62)
+		n, err = p.number(v, 1<<62)
 		*epoch, *epochLine = int64(n), line
 	case 5:
-		r.State, err = v.string()
+		r.State, err = p.string(v)
 	case 6:
-		r.Parent, err = v.string()
+		r.Parent, err = p.string(v)
 	case 7:
 		var s string
-		s, err = v.string()
+		s, err = p.string(v)
 		r.Status = Status(s)
 	case 8:
-		r.Memory.Kind, err = v.string()
+		r.Memory.Kind, err = p.string(v)
 	case 9:
-		r.Memory.Node, err = v.string()
+		r.Memory.Node, err = p.string(v)
 	case 10:
-		r.Memory.File, err = v.string()
+		r.Memory.File, err = p.string(v)
 	case 11:
 		var n uint64
-		n, err = v.number(1<<63 - 1)
+		n, err = p.number(v, 1<<63-1)
 		r.Downtime = time.Duration(n)
 	case 12:
-		err = r.setLabels(v)
+		err = r.setLabels(p, v)
 	case 13:
 		var n uint64
-		n, err = v.number(MaxDisks)
+		n, err = p.number(v, MaxDisks)
 		*diskCount = int(n)
 	case 14:
-		var s string
-		if s, err = v.string(); err == nil && s != "" {
-			r.Config = []byte(s)
-		}
+		// Decoded straight into the record's own bytes.
+		r.Config, err = p.bytes(v)
 	}
 	if err != nil {
 		return fmt.Errorf("%s: %w", topKeys[idx], err)
@@ -407,12 +419,12 @@ func (r *Record) setTop(idx int, v *xlValue, diskCount *int, epoch *int64, epoch
 	return nil
 }
 
-func (r *Record) setLabels(v *xlValue) error {
+func (r *Record) setLabels(p *xlParser, v *xlValue) error {
 	if v.kind != 'l' {
 		return errors.New("want a list of \"key=value\" strings")
 	}
 	for i := range v.items {
-		s, err := v.items[i].string()
+		s, err := p.string(&v.items[i])
 		if err != nil {
 			return fmt.Errorf("item %d: %w", i, err)
 		}
@@ -431,36 +443,36 @@ func (r *Record) setLabels(v *xlValue) error {
 	return nil
 }
 
-func setDiskField(d *Disk, f int, v *xlValue) error {
+func setDiskField(p *xlParser, d *Disk, f int, v *xlValue) error {
 	var err error
 	var n uint64
 	switch f {
 	case 0:
-		d.Device, err = v.string()
+		d.Device, err = p.string(v)
 	case 1:
-		d.Node, err = v.string()
+		d.Node, err = p.string(v)
 	case 2:
-		d.File, err = v.string()
+		d.File, err = p.string(v)
 	case 3:
-		d.Kind, err = v.string()
+		d.Kind, err = p.string(v)
 	case 4:
-		d.ID, err = v.string()
+		d.ID, err = p.string(v)
 	case 5:
-		d.Tag, err = v.string()
+		d.Tag, err = p.string(v)
 	case 6:
-		d.Overlay, err = v.string()
+		d.Overlay, err = p.string(v)
 	case 7:
-		d.VMStateSize, err = v.number(1<<64 - 1)
+		d.VMStateSize, err = p.number(v, 1<<64-1)
 	case 8:
 		var s string
-		if s, err = v.string(); err == nil {
+		if s, err = p.string(v); err == nil {
 			d.Date, err = parseTime(s)
 		}
 	case 9:
-		n, err = v.number(1<<63 - 1)
+		n, err = p.number(v, 1<<63-1)
 		d.VMClock = time.Duration(n)
 	case 10:
-		n, err = v.number(1)
+		n, err = p.number(v, 1)
 		d.Removed = n == 1
 	}
 	return err
@@ -542,27 +554,36 @@ func checkRawValue(raw string) error {
 
 // parseCurrent reads the domain's current-snapshot file.
 func parseCurrent(data []byte) (string, error) {
-	var name string
-	seen := false
+	var (
+		name string
+		seen bool
+		v    xlValue
+	)
 	p := xlParser{data: data, line: 1}
-	err := p.statements(func(key []byte, _ int, v *xlValue, line int) error {
+	for {
+		key, _, line, err := p.next(&v)
+		if err != nil {
+			return "", err
+		}
+		if key == nil {
+			return name, nil
+		}
 		if string(key) != "current" {
-			return nil
+			continue
 		}
 		if seen {
-			return errors.New(`"current" is set twice`)
+			return "", &CorruptError{Line: line, Err: errors.New(`"current" is set twice`)}
 		}
 		seen = true
-		var err error
-		if name, err = v.string(); err != nil {
-			return fmt.Errorf("current: %w", err)
+		if name, err = p.string(&v); err != nil {
+			return "", &CorruptError{Line: line, Err: fmt.Errorf("current: %w", err)}
 		}
 		if name != "" {
-			return ValidateName(name)
+			if err := ValidateName(name); err != nil {
+				return "", &CorruptError{Line: line, Err: err}
+			}
 		}
-		return nil
-	})
-	return name, err
+	}
 }
 
 func marshalCurrent(name string) []byte {
@@ -571,33 +592,105 @@ func marshalCurrent(name string) []byte {
 }
 
 // xlValue is one parsed value; start and end delimit its source text.
+// Strings and numbers are not converted until a caller asks (xlParser's
+// string, bytes and number), so a value kept only as raw text (an Extra
+// setting) costs nothing.
 type xlValue struct {
-	kind       byte // 's' string, 'n' number, 'l' list
-	str        string
-	num        []byte
+	kind byte // 's' string, 'n' number, 'l' list
+	// esc is set when the string holds escapes (already checked by the
+	// parser, so decoding them cannot fail).
+	esc bool
+	// a and b delimit a number, or a string's text between its quotes.
+	a, b int
+	// items are a list's items, for a list that is a setting's value (the
+	// items of nested lists are checked, not kept). They share the
+	// parser's buffer and are valid until the next setting is parsed.
 	items      []xlValue
 	start, end int
 }
 
-func (v *xlValue) string() (string, error) {
-	switch v.kind {
-	case 's':
-		return v.str, nil
-	case 'n':
-		return string(v.num), nil
+// string returns v as a string: a string's decoded text or a number's
+// digits.
+func (p *xlParser) string(v *xlValue) (string, error) {
+	switch {
+	case v.kind == 's' && v.esc:
+		var b strings.Builder
+		b.Grow(v.b - v.a)
+		p.unescape(v.a, v.b, func(s []byte) { b.Write(s) }, b.WriteByte)
+		return b.String(), nil
+	case v.kind == 's' || v.kind == 'n':
+		return p.text(v.a, v.b), nil
 	}
 	return "", errors.New("want a string, got a list")
 }
 
+// bytes returns v's text as a new slice, nil when it is empty.
+func (p *xlParser) bytes(v *xlValue) ([]byte, error) {
+	switch {
+	case v.kind == 'l':
+		return nil, errors.New("want a string, got a list")
+	case v.a == v.b:
+		return nil, nil
+	case v.kind == 's' && v.esc:
+		b := make([]byte, 0, v.b-v.a)
+		p.unescape(v.a, v.b, func(s []byte) { b = append(b, s...) }, func(c byte) error { b = append(b, c); return nil })
+		return b, nil
+	}
+	return append([]byte(nil), p.data[v.a:v.b]...), nil
+}
+
+// unescape decodes the checked string text data[i:j], handing runs of
+// plain bytes to run and decoded escapes to one.
+func (p *xlParser) unescape(i, j int, run func([]byte), one func(byte) error) {
+	for i < j {
+		k := bytes.IndexByte(p.data[i:j], '\\')
+		if k < 0 {
+			run(p.data[i:j])
+			return
+		}
+		if k > 0 {
+			run(p.data[i : i+k])
+		}
+		i += k
+		e := p.data[i+1]
+		i += 2
+		switch e {
+		case 'a':
+			e = 7
+		case 'b':
+			e = 8
+		case 'f':
+			e = 12
+		case 'n':
+			e = '\n'
+		case 'r':
+			e = '\r'
+		case 't':
+			e = '\t'
+		case 'v':
+			e = 11
+		case 'x':
+			e = byte(unhex(p.data[i])<<4 | unhex(p.data[i+1]))
+			i += 2
+		}
+		one(e)
+	}
+}
+
 // number reads a decimal (or 0x hex) number, from a number or a string,
 // up to max.
-func (v *xlValue) number(max uint64) (uint64, error) {
+func (p *xlParser) number(v *xlValue, max uint64) (uint64, error) {
 	var text []byte
 	switch v.kind {
 	case 'n':
-		text = v.num
+		text = p.data[v.a:v.b]
 	case 's':
-		text = []byte(v.str)
+		if v.esc {
+			s, _ := p.string(v)
+			text = []byte(s)
+		} else {
+			text = p.data[v.a:v.b]
+		}
 	default:
 		return 0, errors.New("want a number, got a list")
 	}
@@ -639,6 +732,9 @@ type xlParser struct {
 	src  string
 	pos  int
 	line int
+	// items holds the items of the current setting's list, reused from
+	// one setting to the next.
+	items []xlValue
 }
 
 // text returns data[i:j] as a string, sharing src when it is set.
@@ -686,14 +782,13 @@ func (p *xlParser) skipSpace() {
 	}
 }
 
-// statements parses the whole input, calling fn for each setting. An error
-// from fn is reported at the setting's line.
-func (p *xlParser) statements(fn func(key []byte, keyPos int, v *xlValue, line int) error) error {
-	var v xlValue
+// next parses the next setting into v and returns its key (a slice of the
+// input; nil at the end of the input), the key's offset and its line.
+func (p *xlParser) next(v *xlValue) (key []byte, keyPos, line int, err error) {
 	for {
 		p.skipBlanks()
 		if p.pos >= len(p.data) {
-			return nil
+			return nil, 0, 0, nil
 		}
 		c := p.data[p.pos]
 		switch {
@@ -709,41 +804,35 @@ func (p *xlParser) statements(fn func(key []byte, keyPos int, v *xlValue, line i
 			continue
 		case 'a' <= c && c <= 'z':
 		default:
-			return p.errf("unexpected %s where a setting should start", describeByte(c))
+			return nil, 0, 0, p.errf("unexpected %s where a setting should start", describeByte(c))
 		}
-		line := p.line
+		line = p.line
 		start := p.pos
 		for p.pos < len(p.data) && isIdentByte(p.data[p.pos]) {
 			p.pos++
 		}
-		key := p.data[start:p.pos]
+		key = p.data[start:p.pos]
 		p.skipBlanks()
 		if p.pos >= len(p.data) || p.data[p.pos] != '=' {
 			what := "end of file"
 			if p.pos < len(p.data) {
 				what = describeByte(p.data[p.pos])
 			}
-			return p.errf("want '=' after %q, got %s", key, what)
+			return nil, 0, 0, p.errf("want '=' after %q, got %s", key, what)
 		}
 		p.pos++
 		p.skipBlanks()
-		v = xlValue{}
-		if err := p.value(&v, 0); err != nil {
-			return err
+		*v = xlValue{}
+		if err := p.value(v, 0); err != nil {
+			return nil, 0, 0, err
 		}
 		p.skipBlanks()
 		if p.pos < len(p.data) {
 			if c := p.data[p.pos]; c != '\n' && c != ';' && c != '#' {
-				return p.errf("unexpected %s after the value of %q", describeByte(c), key)
+				return nil, 0, 0, p.errf("unexpected %s after the value of %q", describeByte(c), key)
 			}
 		}
-		if err := fn(key, start, &v, line); err != nil {
-			var ce *CorruptError
-			if errors.As(err, &ce) {
-				return err
-			}
-			return &CorruptError{Line: line, Err: err}
-		}
+		return key, start, line, nil
 	}
 }
 
@@ -754,11 +843,11 @@ func (p *xlParser) value(v *xlValue, depth int) error {
 	v.start = p.pos
 	switch c := p.data[p.pos]; {
 	case c == '"' || c == '\'':
-		s, err := p.quoted(c)
+		a, b, esc, err := p.scanQuoted(c)
 		if err != nil {
 			return err
 		}
-		v.kind, v.str = 's', s
+		v.kind, v.a, v.b, v.esc = 's', a, b, esc
 	case '0' <= c && c <= '9':
 		for p.pos < len(p.data) {
 			c := p.data[p.pos]
@@ -767,13 +856,17 @@ func (p *xlParser) value(v *xlValue, depth int) error {
 			}
 			p.pos++
 		}
-		v.kind, v.num = 'n', p.data[v.start:p.pos]
+		v.kind, v.a, v.b = 'n', v.start, p.pos
 	case c == '[':
 		if depth >= maxListDepth {
 			return p.errf("lists nested deeper than %d", maxListDepth)
 		}
 		p.pos++
 		v.kind = 'l'
+		if depth == 0 {
+			p.items = p.items[:0]
+		}
+		var item xlValue
 		for {
 			p.skipSpace()
 			if p.pos >= len(p.data) {
@@ -783,9 +876,12 @@ func (p *xlParser) value(v *xlValue, depth int) error {
 				p.pos++
 				break
 			}
-			v.items = append(v.items, xlValue{})
-			if err := p.value(&v.items[len(v.items)-1], depth+1); err != nil {
+			item = xlValue{}
+			if err := p.value(&item, depth+1); err != nil {
 				return err
+			}
+			if depth == 0 {
+				p.items = append(p.items, item)
 			}
 			p.skipSpace()
 			if p.pos >= len(p.data) {
@@ -797,6 +893,9 @@ func (p *xlParser) value(v *xlValue, depth int) error {
 				return p.errf("unexpected %s in a list", describeByte(c))
 			}
 		}
+		if depth == 0 {
+			v.items = p.items
+		}
 	default:
 		return p.errf("unexpected %s where a value should start", describeByte(c))
 	}
@@ -804,87 +903,62 @@ func (p *xlParser) value(v *xlValue, depth int) error {
 	return nil
 }
 
-// quoted parses a quoted string starting at p.pos.
-func (p *xlParser) quoted(q byte) (string, error) {
-	start := p.pos + 1
+// scanQuoted checks the quoted string starting at p.pos and moves past
+// it. The text between the quotes is data[a:b]; esc says whether it holds
+// escapes, which are all valid.
+func (p *xlParser) scanQuoted(q byte) (a, b int, esc bool, err error) {
+	a = p.pos + 1
 	// Fast path: no escape before the closing quote.
-	i := len(p.data)
-	if j := bytes.IndexByte(p.data[start:], q); j >= 0 {
-		i = start + j
-	}
-	seg := p.data[start:i]
-	if k := bytes.IndexByte(seg, '\\'); k >= 0 {
-		i = start + k
-	} else if i < len(p.data) {
-		if bytes.IndexByte(seg, '\n') >= 0 {
-			return "", p.errf("newline inside a string")
+	if j := bytes.IndexByte(p.data[a:], q); j >= 0 {
+		seg := p.data[a : a+j]
+		if bytes.IndexByte(seg, '\\') < 0 {
+			if bytes.IndexByte(seg, '\n') >= 0 {
+				return 0, 0, false, p.errf("newline inside a string")
+			}
+			p.pos = a + j + 1
+			return a, a + j, false, nil
 		}
-		p.pos = i + 1
-		return p.text(start, i), nil
 	}
-	if bytes.IndexByte(p.data[start:i], '\n') >= 0 {
-		return "", p.errf("newline inside a string")
-	}
-	// The decoded string is at most as long as the quoted text: size the
-	// buffer once, and let the Builder hand it over without a copy.
-	end := i
-	for end < len(p.data) && p.data[end] != q && p.data[end] != '\n' {
-		if p.data[end] == '\\' {
-			end++
-		}
-		end++
-	}
-	var buf strings.Builder
-	buf.Grow(min(end, len(p.data)) - start)
-	buf.Write(p.data[start:i])
-	for i < len(p.data) {
-		c := p.data[i]
-		switch c {
+	for i := a; i < len(p.data); {
+		switch p.data[i] {
 		case q:
 			p.pos = i + 1
-			return buf.String(), nil
+			return a, i, esc, nil
 		case '\n':
-			return "", p.errf("newline inside a string")
+			return 0, 0, false, p.errf("newline inside a string")
 		case '\\':
 			if i+1 >= len(p.data) {
-				return "", p.errf("unterminated string")
+				return 0, 0, false, p.errf("unterminated string")
 			}
-			e := p.data[i+1]
-			i += 2
-			switch e {
-			case '"', '\'', '\\':
-				buf.WriteByte(e)
-			case 'a':
-				buf.WriteByte(7)
-			case 'b':
-				buf.WriteByte(8)
-			case 'f':
-				buf.WriteByte(12)
-			case 'n':
-				buf.WriteByte('\n')
-			case 'r':
-				buf.WriteByte('\r')
-			case 't':
-				buf.WriteByte('\t')
-			case 'v':
-				buf.WriteByte(11)
-			case 'x':
-				if i+2 > len(p.data) || unhex(p.data[i]) < 0 || unhex(p.data[i+1]) < 0 {
-					return "", p.errf(`\x must be followed by two hex digits`)
-				}
-				buf.WriteByte(byte(unhex(p.data[i])<<4 | unhex(p.data[i+1])))
+			esc = true
+			switch e := p.data[i+1]; e {
+			case '"', '\'', '\\', 'a', 'b', 'f', 'n', 'r', 't', 'v':
 				i += 2
+			case 'x':
+				if i+4 > len(p.data) || unhex(p.data[i+2]) < 0 || unhex(p.data[i+3]) < 0 {
+					return 0, 0, false, p.errf(`\x must be followed by two hex digits`)
+				}
+				i += 4
 			case '\n':
-				return "", p.errf("newline inside a string")
+				return 0, 0, false, p.errf("newline inside a string")
 			default:
-				return "", p.errf(`unknown escape \%s in a string`, describeByte(e))
+				return 0, 0, false, p.errf(`unknown escape \%s in a string`, describeByte(e))
 			}
 		default:
-			buf.WriteByte(c)
 			i++
 		}
 	}
-	return "", p.errf("unterminated string")
+	return 0, 0, false, p.errf("unterminated string")
+}
+
+// quoted parses the quoted string starting at p.pos and returns its
+// decoded text.
+func (p *xlParser) quoted(q byte) (string, error) {
+	a, b, esc, err := p.scanQuoted(q)
+	if err != nil {
+		return "", err
+	}
+	return p.string(&xlValue{kind: 's', a: a, b: b, esc: esc})
 }
 
 func unhex(c byte) int {

@@ -6,7 +6,8 @@
 //		storetest.Run(t, func(t *testing.T) store.Store { return newMyStore(t) })
 //	}
 //
-// Every test gets a fresh, empty store from the factory.
+// Every test gets a fresh, empty store from the factory. The optional
+// store.Committer capability is tested when the store has it.
 package storetest
 
 import (
@@ -57,6 +58,8 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"RemoveAndReparent", testRemoveAndReparent},
 		{"RemoveAndReparentKeepsOthers", testRemoveAndReparentKeepsOthers},
 		{"CanceledContext", testCanceledContext},
+		{"Commit", testCommit},
+		{"CommitCurrentIsStored", testCommitCurrentIsStored},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
@@ -668,4 +671,142 @@ func testCanceledContext(t *testing.T, s store.Store) {
 	if err != nil || len(rs) != 0 {
 		t.Errorf("a Put with a canceled ctx stored something: %v, %v", names(rs), err)
 	}
+}
+
+// committer returns s as a store.Committer, or skips the test.
+func committer(t *testing.T, s store.Store) store.Committer {
+	c, ok := s.(store.Committer)
+	if !ok {
+		t.Skipf("%T does not implement store.Committer", s)
+	}
+	return c
+}
+
+func testCommit(t *testing.T, s store.Store) {
+	c := committer(t, s)
+	ctx := context.Background()
+	get := func(name string) *store.Record {
+		t.Helper()
+		r, err := s.Get(ctx, DomainA, name)
+		if err != nil {
+			t.Fatalf("Get(%q): %v", name, err)
+		}
+		return r
+	}
+	current := func(want string) {
+		t.Helper()
+		if got, err := s.Current(ctx, DomainA); err != nil || got != want {
+			t.Errorf("Current = %q, %v; want %q", got, err, want)
+		}
+	}
+
+	// A new record, made current.
+	one := Sample("one", t0)
+	if err := c.Commit(ctx, DomainA, one, true); err != nil {
+		t.Fatalf("Commit(one, current): %v", err)
+	}
+	if diff := cmp.Diff(one, get("one"), RecordOptions); diff != "" {
+		t.Errorf("record after Commit (-want +got):\n%s", diff)
+	}
+	current("one")
+
+	// Without makeCurrent the current snapshot stays.
+	two := Sample("two", t0.Add(time.Second))
+	two.Status = store.StatusCreating
+	if err := c.Commit(ctx, DomainA, two, false); err != nil {
+		t.Fatalf("Commit(two): %v", err)
+	}
+	current("one")
+
+	// Replacing an intent record, as an engine commits it.
+	two.Status = store.StatusOK
+	two.Parent = "one"
+	if err := c.Commit(ctx, DomainA, two, true); err != nil {
+		t.Fatalf("Commit(two, current): %v", err)
+	}
+	if diff := cmp.Diff(two, get("two"), RecordOptions); diff != "" {
+		t.Errorf("replaced record after Commit (-want +got):\n%s", diff)
+	}
+	current("two")
+
+	// Refused writes change nothing.
+	bad := Sample("three", t0)
+	bad.Parent = "three"
+	if err := c.Commit(ctx, DomainA, bad, true); !errors.Is(err, store.ErrInvalidRecord) {
+		t.Errorf("Commit of a record that is its own parent: err = %v, want ErrInvalidRecord", err)
+	}
+	if err := c.Commit(ctx, "not a domain", Sample("three", t0), true); !errors.Is(err, store.ErrInvalidDomain) {
+		t.Errorf("Commit to an invalid domain: err = %v, want ErrInvalidDomain", err)
+	}
+	if err := c.Commit(ctx, DomainA, &store.Record{Name: "a/b"}, true); !errors.Is(err, store.ErrInvalidName) {
+		t.Errorf("Commit of an invalid name: err = %v, want ErrInvalidName", err)
+	}
+	canceled, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := c.Commit(canceled, DomainA, Sample("three", t0), true); !errors.Is(err, context.Canceled) {
+		t.Errorf("Commit with a canceled ctx: err = %v", err)
+	}
+	current("two")
+	rs, err := s.List(ctx, DomainA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := names(rs), []string{"one", "two"}; !cmp.Equal(got, want) {
+		t.Errorf("records after refused Commits = %v, want %v", got, want)
+	}
+
+	// The helper gives the same result through the capability and
+	// through Put then SetCurrent.
+	if err := store.Commit(ctx, s, DomainA, Sample("four", t0), true); err != nil {
+		t.Fatalf("store.Commit: %v", err)
+	}
+	current("four")
+	if err := store.Commit(ctx, struct{ store.Store }{s}, DomainA, Sample("five", t0), true); err != nil {
+		t.Fatalf("store.Commit without the capability: %v", err)
+	}
+	current("five")
+	get("five")
+}
+
+// testCommitCurrentIsStored commits while readers watch: whenever the
+// current snapshot names a record, that record can be read.
+func testCommitCurrentIsStored(t *testing.T, s store.Store) {
+	c := committer(t, s)
+	ctx := context.Background()
+	rounds := 30
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < 2; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				cur, err := s.Current(ctx, DomainA)
+				if err != nil {
+					t.Errorf("Current: %v", err)
+					return
+				}
+				if cur == "" {
+					continue
+				}
+				if _, err := s.Get(ctx, DomainA, cur); err != nil {
+					t.Errorf("current snapshot %q cannot be read: %v", cur, err)
+					return
+				}
+			}
+		}()
+	}
+	for i := 0; i < rounds; i++ {
+		if err := c.Commit(ctx, DomainA, Sample("snap-"+strconv.Itoa(i), t0), true); err != nil {
+			t.Errorf("Commit %d: %v", i, err)
+			break
+		}
+	}
+	close(done)
+	wg.Wait()
 }
