@@ -2,6 +2,7 @@ package migrate
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -11,29 +12,43 @@ import (
 	"github.com/vmsnap/vmsnap/qmp"
 )
 
-// Load feeds the memory file at path, written by Save, to a QEMU started
-// with -incoming defer (run state "inmigrate") and waits until QEMU has
-// loaded it. The guest is left paused: `stop` is sent first, which keeps
-// QEMU from starting it; the caller decides whether to cont. progress, if
-// not nil, receives the bytes fed and the file's size.
+// Load feeds the memory file at path, written by Save in format (the
+// Result.Format recorded with the snapshot; "" is FormatStream), to a QEMU
+// started with -incoming defer (run state "inmigrate") and waits until
+// QEMU has loaded it. The guest is left paused: `stop` is sent first,
+// which keeps QEMU from starting it; the caller decides whether to cont.
+// progress, if not nil, receives the bytes fed and the file's size (for
+// FormatMappedRAM, whose pages QEMU reads in place, only the start and the
+// end).
 //
-// A monitor that cannot pass descriptors, or a QEMU not waiting for an
-// incoming migration, fails with sentinel.ErrUnsupported. An incoming
+// A monitor that cannot pass descriptors, a QEMU that cannot read format
+// (see CanLoad), or a QEMU not waiting for an incoming migration, fails
+// with sentinel.ErrUnsupported before anything is sent that changes QEMU. An incoming
 // migration cannot be cancelled in QEMU: when ctx ends the stream is cut,
 // QEMU's load fails and QEMU 7.2 then exits; the error wraps
 // sentinel.ErrCanceled. A QEMU whose load failed is of no further use
 // either way.
-func Load(ctx context.Context, mon qmp.Monitor, path string, progress func(done, total uint64)) error {
-	if err := load(ctx, mon, path, progress); err != nil {
+func Load(ctx context.Context, mon qmp.Monitor, path string, format Format, progress func(done, total uint64)) error {
+	if err := load(ctx, mon, path, format, progress); err != nil {
 		return fmt.Errorf("load memory from %s: %w", path, err)
 	}
 	return nil
 }
 
-func load(ctx context.Context, mon qmp.Monitor, path string, progress func(done, total uint64)) (err error) {
-	tr := loadTransport()
-	if err := tr.check(mon, nil); err != nil {
-		return err
+func load(ctx context.Context, mon qmp.Monitor, path string, format Format, progress func(done, total uint64)) (err error) {
+	format, err = ParseFormat(string(format))
+	if err != nil {
+		return fmt.Errorf("%w: %w", sentinel.ErrUnsupported, err)
+	}
+	tr := loadTransport(format)
+	var caps map[string]bool
+	if len(tr.capabilities()) > 0 {
+		if caps, err = queryCapabilities(ctx, mon); err != nil && !qmp.IsClass(err, "CommandNotFound") {
+			return err
+		}
+	}
+	if err := tr.check(mon, caps, nil); err != nil {
+		return fmt.Errorf("a memory file in the %s format: %w", format, err)
 	}
 	st, err := qmp.QueryStatus(ctx, mon)
 	if err != nil {
@@ -78,6 +93,21 @@ func load(ctx context.Context, mon qmp.Monitor, path string, progress func(done,
 			err = rerr
 		}
 	}()
+	if len(ep.params) > 0 {
+		var known map[string]json.RawMessage
+		if err := mon.Execute(ctx, "query-migrate-parameters", nil, &known); err != nil {
+			return fmt.Errorf("query-migrate-parameters: %w", err)
+		}
+		set := map[string]any{}
+		for name, v := range ep.params {
+			if _, ok := known[name]; ok {
+				set[name] = v
+			}
+		}
+		if err := mon.Execute(ctx, "migrate-set-parameters", set, nil); err != nil {
+			return fmt.Errorf("set migration parameters: %w", err)
+		}
+	}
 
 	if err := mon.Execute(ctx, "migrate-incoming", map[string]string{"uri": ep.uri}, nil); err != nil {
 		if ctx.Err() != nil {

@@ -163,7 +163,7 @@ func TestSaveFake(t *testing.T) {
 			var prog progressLog
 			var atStopStatus []string
 			var counterAtStop uint64
-			res, err := Save(ctx, f.mon, f.feat, path, tc.mode, prog.record, func(ctx context.Context) error {
+			res, err := Save(ctx, f.mon, f.feat, path, tc.mode, "", prog.record, func(ctx context.Context) error {
 				atStopStatus = append(atStopStatus, f.srv.Status())
 				counterAtStop = f.srv.Counter()
 				return nil
@@ -238,7 +238,7 @@ func TestSaveFakeSetsUnlimitedBandwidth(t *testing.T) {
 			before := readMigrationSettings(t, f.mon)
 			var during migrationSettings
 			path := filepath.Join(t.TempDir(), "mem")
-			_, err := Save(context.Background(), f.mon, f.feat, path, mode, nil, func(ctx context.Context) error {
+			_, err := Save(context.Background(), f.mon, f.feat, path, mode, "", nil, func(ctx context.Context) error {
 				during = readMigrationSettings(t, f.mon)
 				return nil
 			})
@@ -283,7 +283,7 @@ func TestSaveFakeRefusals(t *testing.T) {
 			}
 		}},
 		{name: "guest in postmigrate", want: sentinel.ErrUnsupported, status: "postmigrate", setup: func(t *testing.T, f *fake, path string) {
-			if _, err := Save(context.Background(), f.mon, f.feat, path+".first", Stopped, nil, nil); err != nil {
+			if _, err := Save(context.Background(), f.mon, f.feat, path+".first", Stopped, "", nil, nil); err != nil {
 				t.Fatal(err)
 			}
 		}},
@@ -310,7 +310,7 @@ func TestSaveFakeRefusals(t *testing.T) {
 			before := readMigrationSettings(t, f.mon)
 			migrates := countCommand(f.srv, "migrate")
 			atStop := 0
-			_, err := Save(context.Background(), mon, f.feat, path, tc.mode, nil, func(context.Context) error { atStop++; return nil })
+			_, err := Save(context.Background(), mon, f.feat, path, tc.mode, "", nil, func(context.Context) error { atStop++; return nil })
 			if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) {
 				t.Fatalf("err %v, want %v", err, tc.want)
 			}
@@ -349,7 +349,7 @@ func TestSaveFakeFailures(t *testing.T) {
 		atStop error
 		want   string
 	}{
-		{name: "set parameters", fault: &fakeqemu.Fault{Command: "migrate-set-parameters", Desc: "no"}, want: "set max-bandwidth"},
+		{name: "set parameters", fault: &fakeqemu.Fault{Command: "migrate-set-parameters", Desc: "no"}, want: "set migration parameters"},
 		{name: "set capabilities", fault: &fakeqemu.Fault{Command: "migrate-set-capabilities", Nth: 1, Desc: "no"}, want: "migrate-set-capabilities"},
 		{name: "getfd", fault: &fakeqemu.Fault{Command: "getfd", Desc: "no"}, want: "pass memory file"},
 		{name: "stop", fault: &fakeqemu.Fault{Command: "stop", Desc: "no"}, want: "stop guest"},
@@ -365,7 +365,7 @@ func TestSaveFakeFailures(t *testing.T) {
 				f.srv.Fail(*tc.fault)
 			}
 			path := filepath.Join(t.TempDir(), "mem")
-			_, err := Save(context.Background(), f.mon, f.feat, path, tc.mode, nil, func(context.Context) error { return tc.atStop })
+			_, err := Save(context.Background(), f.mon, f.feat, path, tc.mode, "", nil, func(context.Context) error { return tc.atStop })
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("err %v, want one mentioning %q", err, tc.want)
 			}
@@ -427,7 +427,7 @@ func TestSaveFakeCancel(t *testing.T) {
 				}
 				return nil
 			}
-			_, err := Save(ctx, f.mon, f.feat, path, tc.mode, progress, atStop)
+			_, err := Save(ctx, f.mon, f.feat, path, tc.mode, "", progress, atStop)
 			if !errors.Is(err, sentinel.ErrCanceled) {
 				t.Fatalf("err %v, want ErrCanceled", err)
 			}
@@ -613,7 +613,7 @@ func TestRunStateRules(t *testing.T) {
 	}
 	contOK := map[string]bool{"": true, statusNone: true, statusCompleted: true, statusFailed: true, statusCancelled: true}
 	for _, st := range statuses {
-		if got := contAllowed(st); got != contOK[st] {
+		if got := contAllowed(st, false); got != contOK[st] {
 			t.Errorf("contAllowed(%q) = %v, want %v", st, got, contOK[st])
 		}
 	}
@@ -690,7 +690,7 @@ func TestSettleFake(t *testing.T) {
 			startRawMigration(t, f.mon, path, true, 32<<20)
 		}, want: Settlement{Outcome: Completed, WasRunning: true, Background: true, State: qmp.RunStateRunning}, wantFile: memBytes},
 		{name: "completed before", start: func(t *testing.T, f *fake, path string) {
-			if _, err := Save(context.Background(), f.mon, f.feat, path, Background, nil, nil); err != nil {
+			if _, err := Save(context.Background(), f.mon, f.feat, path, Background, "", nil, nil); err != nil {
 				t.Fatal(err)
 			}
 			if err := setCapabilities(context.Background(), f.mon, map[string]bool{capBackgroundSnapshot: true}); err != nil {
@@ -743,7 +743,7 @@ func TestSettleFakeInterruptedSave(t *testing.T) {
 	f := startFake(t, fakeqemu.Options{MemoryBytes: 4 << 30})
 	f.srv.DropOn("query-migrate", 2)
 	path := filepath.Join(t.TempDir(), "mem")
-	_, err := Save(context.Background(), f.mon, f.feat, path, Stopped, nil, nil)
+	_, err := Save(context.Background(), f.mon, f.feat, path, Stopped, "", nil, nil)
 	if !errors.Is(err, qmp.ErrClosed) {
 		t.Fatalf("save: %v, want the lost connection", err)
 	}
@@ -785,7 +785,7 @@ func TestLoadFakeRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, mon := range map[string]qmp.Monitor{"not inmigrate": f.mon, "no descriptor passing": noFiles{f.mon}} {
-		if err := Load(context.Background(), mon, path, nil); !errors.Is(err, sentinel.ErrUnsupported) {
+		if err := Load(context.Background(), mon, path, "", nil); !errors.Is(err, sentinel.ErrUnsupported) {
 			t.Errorf("%s: %v, want ErrUnsupported", name, err)
 		}
 	}

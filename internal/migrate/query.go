@@ -71,7 +71,7 @@ func refuseBusy(ctx context.Context, mon qmp.Monitor) error {
 }
 
 // finishPoll is how often awaitFinished and settledStatus ask QEMU again.
-const finishPoll = 5 * time.Millisecond
+const finishPoll = time.Millisecond
 
 // awaitFinished waits until QEMU's migration thread has finished after the
 // migration ended. QEMU reports "completed" (or "failed", "cancelled")

@@ -16,7 +16,9 @@ import (
 //	                   running (pre-copy)
 //	setup              stopped by Save or QEMU                   no           stopped, pre-copy: migrate_cancel
 //	                                                                           background: let it finish
-//	active             stopped (stopped mode), running (others)  no           as in setup
+//	active             stopped (stopped mode), running (pre-copy) no          as in setup
+//	                   background: stopped until QEMU has         safe once
+//	                   write-protected RAM, then resumed          protected
 //	pre-switchover     stopped by QEMU, images active            no           migrate_cancel (QEMU resumes it)
 //	device, cancelling stopped by QEMU                           no           wait for the end
 //	completed          "postmigrate" (stopped, pre-copy),        safe once    (over: a cancel that came
@@ -39,9 +41,18 @@ import (
 // stays in "postmigrate": paused, images inactive, and no further
 // migration until it has run (Result.Postmigrate). Save never resumes a
 // guest it did not find running; it resumes one it did, whatever happened,
-// once the migration has ended (for a background snapshot QEMU resumes it
-// itself as soon as memory is write-protected, and Save's cont is then a
-// no-op).
+// once the migration has ended. A background snapshot's guest is resumed
+// as soon as QEMU has write-protected its memory: QEMU 7.2 does it itself,
+// QEMU ≥ 9 leaves the run state as it found it (paused, since Save stopped
+// the guest to run atStop), so Save sends cont then.
+//
+// "Write-protected" is read from query-migrate, as no event marks it: QEMU
+// reports "active" before its migration thread takes the big QEMU lock to
+// stop the guest, save the devices and write-protect RAM, so a cont on
+// "active" alone could run the guest before its state is saved, and the
+// file would describe a later instant than the disks. RAM pages are
+// written only after the protection (ram.remaining drops below ram.total),
+// so that is the signal (writeProtected).
 
 // cancelAction is what is done with a migration when the save is
 // cancelled or must be abandoned.
@@ -84,9 +95,18 @@ func cancelRule(background bool, status string) cancelAction {
 // found running, given the migration's last status: before the migration
 // started, or once it has ended. While one runs, a cont could run the guest
 // ahead of a background snapshot's write protection, or under a pre-copy's
-// final pass; QEMU resumes the guest itself where it should.
-func contAllowed(status string) bool {
-	return !running(status)
+// final pass.
+//
+// A background snapshot's guest may run once its memory is protected.
+func contAllowed(status string, protected bool) bool {
+	return !running(status) || protected
+}
+
+// writeProtected reports whether a background snapshot's query-migrate
+// info shows QEMU writing RAM pages, which it does only once memory is
+// write-protected and the device state saved (see above).
+func writeProtected(info migrationInfo) bool {
+	return info.Status == statusActive && info.RAM != nil && info.RAM.Total > 0 && info.RAM.Remaining < info.RAM.Total
 }
 
 // guestWatch follows the guest's run state from QEMU's STOP and RESUME

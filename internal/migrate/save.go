@@ -17,7 +17,9 @@ import (
 
 // Result is what Save did.
 type Result struct {
-	// Bytes is the size of the memory file.
+	// Bytes is the size of the memory file (for FormatMappedRAM its
+	// apparent size: the guest's RAM size and a little; pages the guest
+	// never used are holes).
 	Bytes uint64
 	// Duration is from the migrate command to the end of the migration.
 	Duration time.Duration
@@ -28,6 +30,9 @@ type Result struct {
 	// Mode is the mode used: a live mode asked for a guest that was not
 	// running becomes Stopped.
 	Mode Mode
+	// Format is the memory file's format, to be recorded with the
+	// snapshot and given to Load.
+	Format Format
 	// Postmigrate reports that the guest, paused before the save, is left
 	// in QEMU's "postmigrate" state: still paused, images inactive until
 	// the next cont, and no further memory save until then.
@@ -55,6 +60,14 @@ const (
 	// resumeEventWait bounds the wait for the RESUME event that ends the
 	// downtime's measure after a cont.
 	resumeEventWait = time.Second
+	// protectPoll is how often query-migrate is read while a background
+	// snapshot's guest waits for the write protection to resume.
+	protectPoll = time.Millisecond
+	// precopyDowntimeLimit is the downtime-limit of a pre-copy save: QEMU
+	// stops the guest for the final pass only once what is left can be
+	// written within it (QEMU's default, 300 ms, lets it stop with a
+	// third of a second of RAM still to write).
+	precopyDowntimeLimit = 10 * time.Millisecond
 )
 
 // cleanupCtx returns a context for a clean-up step: it outlives ctx.
@@ -78,7 +91,16 @@ func canceled(ctx context.Context, detail string) error {
 // (created 0600, never overwritten) with a QEMU migration. mode says how;
 // see Mode. A live mode asked for a guest that is not running is done as
 // Stopped (Result.Mode says so): QEMU's background snapshot would start a
-// paused guest.
+// paused guest. format is the file's format; the empty format is
+// DefaultFormat's choice for the mode (after that downgrade). A format
+// QEMU cannot write, or FormatMappedRAM with Background, fails with
+// sentinel.ErrUnsupported (CanSave tells beforehand). Result.Format is
+// the format written.
+//
+// In Background mode Save resumes the guest itself as soon as QEMU has
+// write-protected its memory (QEMU ≥ 9 leaves a guest that Save stopped
+// paused; 7.2 resumed it), so the pause is the device state's save, a few
+// ms; Result.Downtime is measured from QEMU's STOP and RESUME events.
 //
 // progress, if not nil, receives the RAM bytes processed and the guest's
 // RAM size while the migration runs. atStop, if not nil, runs once with the
@@ -100,27 +122,28 @@ func canceled(ctx context.Context, detail string) error {
 // have, and then its file is removed. If it does not end within a bound
 // the error also wraps sentinel.ErrBusy and the migration is left to
 // Settle.
-func Save(ctx context.Context, mon qmp.Monitor, feat *qmp.Features, path string, mode Mode, progress func(done, total uint64), atStop func(ctx context.Context) error) (Result, error) {
-	res, err := save(ctx, mon, feat, path, mode, progress, atStop)
+func Save(ctx context.Context, mon qmp.Monitor, feat *qmp.Features, path string, mode Mode, format Format, progress func(done, total uint64), atStop func(ctx context.Context) error) (Result, error) {
+	res, err := save(ctx, mon, feat, path, mode, format, progress, atStop)
 	if err != nil {
 		return res, fmt.Errorf("save memory to %s: %w", path, err)
 	}
 	return res, nil
 }
 
-func save(ctx context.Context, mon qmp.Monitor, feat *qmp.Features, path string, mode Mode, progress func(done, total uint64), atStop func(ctx context.Context) error) (Result, error) {
+func save(ctx context.Context, mon qmp.Monitor, feat *qmp.Features, path string, mode Mode, format Format, progress func(done, total uint64), atStop func(ctx context.Context) error) (Result, error) {
 	res := Result{Mode: mode}
 	switch mode {
 	case Stopped, Precopy, Background:
 	default:
 		return res, fmt.Errorf("unknown memory mode %d", int(mode))
 	}
-	tr := chooseTransport(feat, mode)
-	if err := tr.check(mon, feat); err != nil {
-		return res, err
-	}
 	if feat == nil || !feat.Has("migrate") || !feat.Has("query-migrate") {
 		return res, fmt.Errorf("%w: QEMU has no migrate or query-migrate", sentinel.ErrUnsupported)
+	}
+	if format != "" {
+		if _, err := ParseFormat(string(format)); err != nil {
+			return res, fmt.Errorf("%w: %w", sentinel.ErrUnsupported, err)
+		}
 	}
 	if ctx.Err() != nil {
 		return res, canceled(ctx, "")
@@ -139,6 +162,17 @@ func save(ctx context.Context, mon qmp.Monitor, feat *qmp.Features, path string,
 		mode = Stopped
 	}
 	res.Mode = mode
+	if format == "" {
+		format = DefaultFormat(feat, mode)
+	}
+	if err := CanSave(feat, mode, format); err != nil {
+		return res, err
+	}
+	tr := chooseTransport(feat.MigrationCapabilities, format)
+	if err := tr.check(mon, feat.MigrationCapabilities, feat.Has); err != nil {
+		return res, err
+	}
+	res.Format = tr.format()
 	switch mode {
 	case Background:
 		if !feat.HasMigrationCapability(capBackgroundSnapshot) {
@@ -153,7 +187,9 @@ func save(ctx context.Context, mon qmp.Monitor, feat *qmp.Features, path string,
 		return res, err
 	}
 	s := &saver{mon: mon, tr: tr, path: path, mode: mode, wasRunning: st.Running, progress: progress, atStop: atStop}
-	return s.run(ctx)
+	res, err = s.run(ctx)
+	res.Format = s.tr.format()
+	return res, err
 }
 
 // saver is one Save call.
@@ -175,6 +211,9 @@ type saver struct {
 	expectStop bool
 	resumed    bool // resume is done
 	finished   bool // awaitFinished returned
+	// protected: a background snapshot has write-protected the guest's
+	// memory (pages are being written), so the guest may run.
+	protected bool
 }
 
 func (s *saver) run(ctx context.Context) (res Result, err error) {
@@ -214,30 +253,30 @@ func (s *saver) run(ctx context.Context) (res Result, err error) {
 		res.Downtime = s.guest.downtime
 	}()
 
-	// Settings: restored once the migration has ended.
-	restore, err := s.configure(ctx)
-	if restore != nil {
-		defer func() {
-			if rerr := restore(); rerr != nil {
-				err = errors.Join(err, rerr)
-			}
-		}()
-	}
-	if err != nil {
-		return res, err
-	}
-
+	// The file in QEMU: released once the migration has ended.
 	ep, err := s.tr.attachSave(ctx, s.mon, f)
 	if err != nil {
 		return res, err
 	}
 	defer func() {
-		cctx, cancel := cleanupCtx(ctx)
-		defer cancel()
-		if rerr := ep.release(cctx); rerr != nil {
+		if rerr := s.release(ctx, ep); rerr != nil {
 			err = errors.Join(err, rerr)
 		}
 	}()
+
+	// Settings: restored once the migration has ended.
+	restore, err := s.configure(ctx, ep.params)
+	defer func() {
+		if restore == nil {
+			return
+		}
+		if rerr := restore(); rerr != nil {
+			err = errors.Join(err, rerr)
+		}
+	}()
+	if err != nil {
+		return res, err
+	}
 
 	if s.mode != Precopy {
 		if s.wasRunning {
@@ -254,11 +293,11 @@ func (s *saver) run(ctx context.Context) (res Result, err error) {
 		return res, canceled(ctx, "")
 	}
 
-	stopWriteback := func() {}
+	stopWriteback := sync.OnceFunc(func() {})
 	if ep.writeback {
 		stopWriteback = keepWritingBack(f)
 	}
-	defer stopWriteback()
+	defer func() { stopWriteback() }()
 	// Whatever ends the migration, QEMU's migration thread is waited for
 	// before anything else is asked of QEMU.
 	defer func() {
@@ -269,7 +308,22 @@ func (s *saver) run(ctx context.Context) (res Result, err error) {
 
 	began := time.Now()
 	cancelledEarly := false
-	if err := s.mon.Execute(ctx, "migrate", map[string]any{"uri": ep.uri}, nil); err != nil {
+	err = s.mon.Execute(ctx, "migrate", map[string]any{"uri": ep.uri}, nil)
+	if err != nil && ctx.Err() == nil && s.tr.name() == (fileStream{}).name() && qmp.IsClass(err, "GenericError") {
+		// A QEMU that refuses "file:" with an fdset gets the same stream
+		// through "fd:". Nothing started: the guest is still stopped at
+		// atStop's instant (or running, in pre-copy).
+		if rerr := s.release(ctx, ep); rerr != nil {
+			return res, errors.Join(fmt.Errorf("migrate: %w", err), rerr)
+		}
+		s.tr = fdStream{}
+		if ep, err = s.tr.attachSave(ctx, s.mon, f); err != nil {
+			return res, err
+		}
+		began = time.Now()
+		err = s.mon.Execute(ctx, "migrate", map[string]any{"uri": ep.uri}, nil)
+	}
+	if err != nil {
 		if ctx.Err() == nil {
 			return res, fmt.Errorf("migrate: %w", err)
 		}
@@ -317,6 +371,18 @@ func (s *saver) run(ctx context.Context) (res Result, err error) {
 	return res, nil
 }
 
+// release releases ep once (see endpoint.release).
+func (s *saver) release(ctx context.Context, ep *endpoint) error {
+	if ep.release == nil {
+		return nil
+	}
+	cctx, cancel := cleanupCtx(ctx)
+	defer cancel()
+	err := ep.release(cctx)
+	ep.release = nil
+	return err
+}
+
 // keepWritingBack asks the kernel every writebackInterval to write f's
 // dirty pages while QEMU writes it, so the fsync at the end has little
 // left to do. The returned function stops it; it may be called again.
@@ -353,21 +419,38 @@ func (s *saver) runAtStop(ctx context.Context) error {
 	return nil
 }
 
-// configure sets max-bandwidth unlimited and the capabilities the mode and
-// the transport need, and returns a function that restores the old values.
-func (s *saver) configure(ctx context.Context) (restore func() error, err error) {
+// configure sets max-bandwidth unlimited, the parameters the stream needs
+// (streamParams, those QEMU knows; direct-io and multifd-channels for
+// mapped-ram) and the capabilities the mode and the transport need, and
+// returns a function that restores the old values.
+func (s *saver) configure(ctx context.Context, streamParams map[string]any) (restore func() error, err error) {
 	var params map[string]json.RawMessage
 	if err := s.mon.Execute(ctx, "query-migrate-parameters", nil, &params); err != nil {
 		return nil, fmt.Errorf("query-migrate-parameters: %w", err)
 	}
-	oldBW, hasBW := params["max-bandwidth"]
+	set := map[string]any{}
+	if _, ok := params["max-bandwidth"]; ok {
+		set["max-bandwidth"] = uint64(unlimitedBandwidth)
+	}
+	if _, ok := params["downtime-limit"]; ok && s.mode == Precopy {
+		set["downtime-limit"] = uint64(precopyDowntimeLimit / time.Millisecond)
+	}
+	for name, v := range streamParams {
+		if _, ok := params[name]; ok {
+			set[name] = v
+		}
+	}
+	old := map[string]json.RawMessage{}
+	for name := range set {
+		old[name] = params[name]
+	}
 	caps, err := queryCapabilities(ctx, s.mon)
 	if err != nil {
 		return nil, err
 	}
 	changes := capabilityChanges(caps, s.mode, s.tr.capabilities())
 
-	var setBW, setCaps bool
+	var setParams, setCaps bool
 	restore = func() error {
 		cctx, cancel := cleanupCtx(ctx)
 		defer cancel()
@@ -377,23 +460,26 @@ func (s *saver) configure(ctx context.Context) (restore func() error, err error)
 				errs = append(errs, fmt.Errorf("restore migration capabilities: %w", err))
 			}
 		}
-		if setBW {
-			if err := s.mon.Execute(cctx, "migrate-set-parameters", map[string]json.RawMessage{"max-bandwidth": oldBW}, nil); err != nil {
-				errs = append(errs, fmt.Errorf("restore max-bandwidth: %w", err))
+		if setParams {
+			if err := s.mon.Execute(cctx, "migrate-set-parameters", old, nil); err != nil {
+				errs = append(errs, fmt.Errorf("restore migration parameters: %w", err))
 			}
 		}
 		return errors.Join(errs...)
 	}
-	if hasBW {
-		if err := s.mon.Execute(ctx, "migrate-set-parameters", map[string]any{"max-bandwidth": uint64(unlimitedBandwidth)}, nil); err != nil {
-			return restore, fmt.Errorf("set max-bandwidth: %w", err)
-		}
-		setBW = true
-	}
+	// Capabilities first: QEMU checks some parameters against them
+	// (direct-io needs mapped-ram).
 	if err := setCapabilities(ctx, s.mon, changes); err != nil {
 		return restore, err
 	}
 	setCaps = true
+	if len(set) > 0 {
+		// QEMU checks every parameter before it changes any.
+		if err := s.mon.Execute(ctx, "migrate-set-parameters", set, nil); err != nil {
+			return restore, fmt.Errorf("set migration parameters (max-bandwidth and those of the stream): %w", err)
+		}
+		setParams = true
+	}
 	return restore, nil
 }
 
@@ -433,6 +519,12 @@ func (s *saver) wait(ctx context.Context, cancelledNow bool) (migrationInfo, err
 		case statusPreSwitchover, statusDevice, statusCompleted:
 			// A pre-copy stops the guest before these.
 			s.expectStop = s.expectStop || s.wasRunning
+		}
+		if s.awaitingProtection() && writeProtected(info) {
+			s.protected = true
+			if err := s.resumeProtected(wctx); err != nil {
+				return info, err
+			}
 		}
 		if (cancelled || abandon != nil) && !acted {
 			acted = true
@@ -483,12 +575,17 @@ func (s *saver) wait(ctx context.Context, cancelledNow bool) (migrationInfo, err
 			}
 			continue
 		}
+		var fast <-chan time.Time
+		if s.awaitingProtection() {
+			fast = time.After(protectPoll)
+		}
 		select {
 		case ev, ok := <-s.events:
 			if !ok {
 				return info, fmt.Errorf("waiting for the migration: %w", qmp.ErrClosed)
 			}
 			s.guest.observe(ev)
+		case <-fast:
 		case <-tick.C:
 		case <-done:
 			done = nil
@@ -544,7 +641,7 @@ func (s *saver) resume(ctx context.Context) error {
 		return fmt.Errorf("resume guest: %w", err)
 	}
 	if !st.Running {
-		if !contAllowed(s.status) {
+		if !contAllowed(s.status, s.protected) {
 			return fmt.Errorf("guest left %s: the migration is still %s", st.State, s.status)
 		}
 		if err := s.mon.Execute(cctx, "cont", nil, nil); err != nil {
@@ -555,6 +652,30 @@ func (s *saver) resume(ctx context.Context) error {
 	if s.expectStop {
 		// QEMU sends RESUME before its reply to cont: it is queued.
 		s.awaitResume(resumeEventWait)
+	}
+	return nil
+}
+
+// awaitingProtection reports whether the guest of a background snapshot
+// waits, stopped, for QEMU to write-protect its memory.
+func (s *saver) awaitingProtection() bool {
+	return s.mode == Background && s.wasRunning && !s.protected && running(s.status)
+}
+
+// resumeProtected runs the guest of a background snapshot once its memory
+// is write-protected: QEMU 7.2 has resumed it itself (from a bottom half
+// that may still be pending), QEMU ≥ 9 leaves it paused since Save
+// stopped it. The end of Save checks the run state again (resume).
+func (s *saver) resumeProtected(ctx context.Context) error {
+	st, err := qmp.QueryStatus(ctx, s.mon)
+	if err != nil {
+		return fmt.Errorf("resume guest: %w", err)
+	}
+	if st.Running {
+		return nil
+	}
+	if err := s.mon.Execute(ctx, "cont", nil, nil); err != nil {
+		return fmt.Errorf("resume guest (from %s, memory write-protected): %w", st.State, err)
 	}
 	return nil
 }

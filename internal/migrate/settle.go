@@ -66,7 +66,8 @@ type Settlement struct {
 // to an end that leaves QEMU able to save memory again, and switches off
 // the capabilities a save turns on that would get in the way of the next
 // migration (background-snapshot, pause-before-switchover and those of
-// every transport). The other settings a save changes (max-bandwidth,
+// every transport), and removes the fdsets a save passed its file in. The
+// other settings a save changes (max-bandwidth,
 // capabilities it switched off) were not recorded and stay as the save
 // left them; the next Save sets what it needs.
 //
@@ -118,6 +119,11 @@ func settle(ctx context.Context, mon qmp.Monitor) (Settlement, error) {
 		}
 	}
 	if err := setCapabilities(ctx, mon, leftOn(caps)); err != nil {
+		return out, err
+	}
+	// The fdsets of a save that add-fd passed its file in: QEMU keeps
+	// them (and the file open) until remove-fd.
+	if _, err := removeStaleFdsets(ctx, mon); err != nil {
 		return out, err
 	}
 	s, err := settledStatus(ctx, mon)
