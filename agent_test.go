@@ -169,7 +169,7 @@ func TestQuiesceAroundSaveMemory(t *testing.T) {
 					return err
 				}
 				path := filepath.Join(t.TempDir(), "mem")
-				_, err = migrate.Save(ctx, f.mon, f.feat, path, tc.mode, nil, func(ctx context.Context) error {
+				_, err = migrate.Save(ctx, f.mon, f.feat, path, tc.mode, migrate.FormatStream, nil, func(ctx context.Context) error {
 					if !agent.counts().Frozen {
 						t.Error("atStop ran with the guest not frozen")
 					}

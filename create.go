@@ -230,7 +230,9 @@ func (c *creation) finish(ctx context.Context) error {
 		c.op.setPhase(PhasePausing)
 		st, err := d.guestState(ctx)
 		if err == nil && st.Running {
-			err = qemu.Stop(ctx, d.mon)
+			if err = qemu.Stop(ctx, d.mon); err == nil {
+				d.emit(ctx, Event{Kind: EventGuestStopped})
+			}
 		}
 		if err != nil {
 			return fmt.Errorf("halt: %w", err)
@@ -283,6 +285,7 @@ func (c *creation) internal(ctx context.Context, spec CreateSpec) error {
 	if takeErr != nil {
 		return d.undoCreate(ctx, s, c.wasRunning, c.meta, takeErr)
 	}
+	c.op.pastNoReturn()
 	// Read back what QEMU recorded (ids, dates, vm clock, vmstate size).
 	if after, err := d.disks(ctx); err == nil {
 		fillFromDisks(s, after)

@@ -172,6 +172,13 @@ func (d *Domain) rename(ctx context.Context, oldName, newName string) error {
 	switch {
 	case err == nil && nr.Labels[labelRenameFrom] == oldName:
 		return d.finishRename(context.WithoutCancel(ctx), nr) // a rename cut short
+	case err == nil && nr.Labels[labelRenamedFrom] == oldName:
+		// Reconcile (which every operation runs first) finished this very
+		// rename that an earlier call left cut short.
+		if _, oerr := d.store.Get(ctx, d.uuid, oldName); isStoreNotFound(oerr) {
+			return nil
+		}
+		return fmt.Errorf("%w: snapshot %q exists", ErrExists, newName)
 	case err == nil:
 		return fmt.Errorf("%w: snapshot %q exists", ErrExists, newName)
 	case !isStoreNotFound(err):
@@ -262,5 +269,10 @@ func (d *Domain) finishRename(ctx context.Context, nr *store.Record) error {
 		}
 	}
 	delete(nr.Labels, labelRenameFrom)
+	nr.Labels[labelRenamedFrom] = oldName
 	return d.putRecord(ctx, nr)
 }
+
+// labelRenamedFrom keeps, on a renamed record, the name it had, so that a
+// Rename call whose work a reconcile finished reports success.
+const labelRenamedFrom = ReservedLabelPrefix + "renamed-from"

@@ -104,6 +104,9 @@ func (d *Domain) delete(ctx context.Context, op *Op[[]string], name string, flag
 			} else {
 				op.setPhase(PhaseDeleting)
 			}
+			if n == name {
+				op.pastNoReturn()
+			}
 			if err := d.deleteFromImages(ctx, p, r, disks); err != nil {
 				if n != name {
 					err = fmt.Errorf("descendant %q: %w", n, err)

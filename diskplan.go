@@ -75,7 +75,7 @@ func (p createPlan) chooseDisks(all []Disk, want, exclude []string, vmstateDisk 
 	var c diskChoice
 	for _, name := range append(append([]string(nil), want...), exclude...) {
 		if !slices.ContainsFunc(all, func(d Disk) bool { return d.matches(name) }) {
-			return c, &DiskError{Disk: name, Err: fmt.Errorf("%w: no such disk", ErrNotFound)}
+			return c, &DiskError{Disk: name, Err: fmt.Errorf("%w: no such disk", ErrInvalidSpec)}
 		}
 	}
 	for _, d := range all {
@@ -117,7 +117,7 @@ func (p createPlan) chooseDisks(all []Disk, want, exclude []string, vmstateDisk 
 		}
 		if c.vmstate.Node == "" {
 			if vmstateDisk != "" {
-				return c, &DiskError{Disk: vmstateDisk, Err: fmt.Errorf("%w: the memory state disk must be one of the disks snapped", ErrNotFound)}
+				return c, &DiskError{Disk: vmstateDisk, Err: fmt.Errorf("%w: the memory state disk must be one of the disks snapped", ErrInvalidSpec)}
 			}
 			return c, fmt.Errorf("%w: no disk other than the firmware variables can hold the memory state", ErrNoDisks)
 		}

@@ -48,10 +48,10 @@ func TestChooseDisks(t *testing.T) {
 		{name: "a chosen subset leaves the others out explicitly", plan: internalFull, all: []Disk{bootQcow2, dataRaw}, want: []string{"disk0"}, take: []string{"dev0"}, left: []string{"dev1"}, vmstateDisk: "dev0"},
 		{name: "HMP cannot leave a disk out", plan: internalHMP, all: []Disk{bootQcow2, dataRaw}, exclude: []string{"dev1"}, err: ErrUnsupported},
 		{name: "a read-only disk named", plan: diskOnly, all: []Disk{bootQcow2, cdrom}, want: []string{"cd0"}, err: ErrUnsupported},
-		{name: "an unknown disk", plan: diskOnly, all: []Disk{bootQcow2}, exclude: []string{"nope"}, err: ErrNotFound},
+		{name: "an unknown disk", plan: diskOnly, all: []Disk{bootQcow2}, exclude: []string{"nope"}, err: ErrInvalidSpec},
 		{name: "nothing writable", plan: diskOnly, all: []Disk{cdrom}, err: ErrNoDisks},
 		{name: "memory state disk named", plan: internalFull, all: []Disk{bootQcow2, {Device: "dev3", Node: "d3", Format: "qcow2", File: "/vm/d3.qcow2"}}, vmstate: "dev3", take: []string{"dev0", "dev3"}, vmstateDisk: "dev3"},
-		{name: "memory state disk not snapped", plan: internalFull, all: []Disk{bootQcow2, dataRaw}, exclude: []string{"dev1"}, vmstate: "dev1", err: ErrNotFound},
+		{name: "memory state disk not snapped", plan: internalFull, all: []Disk{bootQcow2, dataRaw}, exclude: []string{"dev1"}, vmstate: "dev1", err: ErrInvalidSpec},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := tc.plan.chooseDisks(tc.all, tc.want, tc.exclude, tc.vmstate)

@@ -103,6 +103,7 @@ func Open(ctx context.Context, mon qmp.Monitor, opts Options) (*Domain, error) {
 	if mon == nil {
 		return nil, &Error{Op: "open", Err: errors.New("nil monitor (use OpenOffline for a shut-off domain)")}
 	}
+	mon = logMonitor(mon, opts.Logger)
 	feat, err := qmp.Probe(ctx, mon)
 	if err != nil {
 		return nil, &Error{Op: "open", Domain: opts.UUID, Err: fmt.Errorf("probe QEMU: %w", err)}
@@ -201,7 +202,7 @@ func (d *Domain) UUID() string { return d.uuid }
 func (d *Domain) Monitor() qmp.Monitor {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.mon
+	return unwrapMonitor(d.mon)
 }
 
 // Features returns what the domain's QEMU supports (nil when shut off).
@@ -213,6 +214,7 @@ func (d *Domain) Features() *qmp.Features {
 
 // setMonitor binds the monitor of a newly started QEMU and probes it.
 func (d *Domain) setMonitor(ctx context.Context, mon qmp.Monitor) error {
+	mon = logMonitor(mon, d.opts.Logger)
 	feat, err := qmp.Probe(ctx, mon)
 	if err != nil {
 		return fmt.Errorf("probe relaunched QEMU: %w", err)
@@ -271,8 +273,16 @@ func (d *Domain) restoreRunning(ctx context.Context, wasRunning bool) error {
 	}
 	cctx, cancel := cleanupContext(ctx, cleanupResume)
 	defer cancel()
+	st, err := qemu.Status(cctx, d.mon)
+	if err != nil {
+		return fmt.Errorf("resume guest: %w", err)
+	}
+	if st.Running {
+		return nil
+	}
 	if err := qemu.EnsureRunning(cctx, d.mon); err != nil {
 		return fmt.Errorf("resume guest: %w", err)
 	}
+	d.emit(ctx, Event{Kind: EventGuestResumed})
 	return nil
 }

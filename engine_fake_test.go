@@ -404,7 +404,7 @@ func TestFakeRefusalsTouchNothing(t *testing.T) {
 		{"unknown-disk", func() error {
 			_, err := f.dom.Create(ctx, vmsnap.CreateSpec{Name: "c", Disks: []string{"dev9"}}, vmsnap.DiskOnly).Wait(ctx)
 			return err
-		}, vmsnap.ErrNotFound},
+		}, vmsnap.ErrInvalidSpec},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -72,7 +72,7 @@ func (e *Error) Error() string {
 		fmt.Fprintf(&b, " disk %s", e.Disk)
 	}
 	b.WriteString(": ")
-	b.WriteString(e.Err.Error())
+	b.WriteString(e.shortCause())
 	return b.String()
 }
 

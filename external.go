@@ -205,6 +205,7 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 		res, takeErr = d.stateSaver().SaveState(ctx, SaveStateRequest{Monitor: d.mon, Path: s.Memory.File, Live: c.plan.live && c.wasRunning, AtStop: snapDisks, Progress: c.op.setBytes})
 		saved = takeErr == nil
 		s.Downtime = res.Downtime
+		s.Memory.Format = res.Format
 	}
 	if thaw != nil {
 		if err := thaw(); err != nil && takeErr == nil {
@@ -217,6 +218,7 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 	if takeErr != nil {
 		return c.undoExternal(ctx, overlays, snapped, saved, takeErr)
 	}
+	c.op.pastNoReturn()
 	for i := range s.Disks {
 		if fi, err := os.Stat(s.Disks[i].Overlay); err == nil {
 			s.Disks[i].Date = fi.ModTime()

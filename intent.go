@@ -21,6 +21,9 @@ const labelGuestWasRunning = "vmsnap.guest-was-running"
 // snapshot; it stays with the committed record.
 const labelExcluded = "vmsnap.excluded"
 
+// labelMemoryFormat records the format of an external memory file.
+const labelMemoryFormat = "vmsnap.memory-format"
+
 type intent store.Status
 
 // intentCreating marks a record whose snapshot is being taken.
@@ -95,11 +98,11 @@ func (d *Domain) putIntent(ctx context.Context, s *DomainSnapshot, in intent, gu
 }
 
 // commit stores s as done and makes it the current snapshot.
+//
+// Stores that can (store.Committer) write both in one durable step; a
+// crash leaves the record committed with current not moved at worst.
 func (d *Domain) commit(ctx context.Context, s *DomainSnapshot) error {
-	if err := d.putRecord(ctx, toRecord(s)); err != nil {
-		return err
-	}
-	return d.setCurrent(ctx, s.Name)
+	return store.Commit(ctx, d.store, d.uuid, toRecord(s), true)
 }
 
 func toRecord(s *DomainSnapshot) *store.Record {
@@ -114,14 +117,20 @@ func toRecord(s *DomainSnapshot) *store.Record {
 		Downtime:     s.Downtime,
 		Config:       s.Config,
 	}
-	if len(s.Excluded) > 0 || len(s.owns) > 0 {
+	if len(s.Excluded) > 0 || len(s.owns) > 0 || len(s.Labels) > 0 || s.Memory.Format != "" {
 		r.Labels = map[string]string{}
+	}
+	for k, v := range s.Labels {
+		r.Labels[k] = v
 	}
 	if len(s.Excluded) > 0 {
 		b, _ := json.Marshal(s.Excluded)
 		r.Labels[labelExcluded] = string(b)
 	}
 	putOwnTokens(r.Labels, s.owns)
+	if s.Memory.Format != "" {
+		r.Labels[labelMemoryFormat] = s.Memory.Format
+	}
 	for _, ds := range s.Disks {
 		r.Disks = append(r.Disks, store.Disk{
 			Device: ds.Device, Node: ds.Node, File: ds.File, Kind: string(ds.Kind), ID: ds.ID, Tag: ds.Name,
@@ -149,6 +158,7 @@ func fromRecord(r *store.Record) *DomainSnapshot {
 		_ = json.Unmarshal([]byte(v), &s.Excluded)
 	}
 	s.owns = ownTokens(r.Labels)
+	s.Memory.Format = r.Labels[labelMemoryFormat]
 	for _, dd := range r.Disks {
 		if dd.Removed {
 			s.partial = append(s.partial, dd.Device)

@@ -116,6 +116,9 @@ type SaveStateResult struct {
 	Downtime time.Duration
 	// Bytes is the size of the state written.
 	Bytes uint64
+	// Format names the layout of the state file; it is recorded with the
+	// snapshot (Memory.Format) and given back to LoadState.
+	Format string
 }
 
 // LoadStateRequest is what LoadState is asked to do.
@@ -124,6 +127,8 @@ type LoadStateRequest struct {
 	Monitor qmp.Monitor
 	// Path is the state file.
 	Path string
+	// Format is what SaveState returned when it wrote the file.
+	Format string
 	// Progress, when not nil, receives bytes loaded and the total.
 	Progress func(done, total uint64)
 }

@@ -58,7 +58,7 @@ func (d *Domain) reconcile(ctx context.Context, setPhase func(Phase)) error {
 	}
 	var pending []*store.Record
 	for _, r := range recs {
-		if r.Status != store.StatusOK || (r.Labels[labelRevertWant] != "" && d.online()) {
+		if r.Status != store.StatusOK || (r.Labels[labelRevertWant] != "" && d.online()) || r.Labels[labelRenameFrom] != "" {
 			pending = append(pending, r)
 		}
 	}
@@ -72,12 +72,14 @@ func (d *Domain) reconcile(ctx context.Context, setPhase func(Phase)) error {
 	}
 	for _, r := range pending {
 		var err error
-		switch r.Status {
-		case store.StatusOK:
+		switch {
+		case r.Labels[labelRenameFrom] != "":
+			err = d.finishRename(ctx, r)
+		case r.Status == store.StatusOK:
 			err = d.reconcileRevert(ctx, r)
-		case store.StatusCreating:
+		case r.Status == store.StatusCreating:
 			err = d.reconcileCreate(ctx, r, disks)
-		case store.StatusDeleting:
+		case r.Status == store.StatusDeleting:
 			err = d.reconcileDelete(ctx, r, disks)
 		default:
 			err = fmt.Errorf("unknown status %q: %w", r.Status, ErrInconsistent)

@@ -53,8 +53,10 @@ const labelRelaunch = "vmsnap.relaunch"
 // relaunch revert.
 type relaunchIntent struct {
 	Phase relaunchPhase `json:"phase"`
-	// Want is whether the guest should run once reverted.
+	// Want is whether the guest should run once reverted; Was whether it
+	// ran before (a rollback onto the previous disks runs it again).
 	Want bool `json:"want_running"`
+	Was  bool `json:"was_running,omitempty"`
 	// New are the disks the new QEMU opens; Created the overlays among
 	// their files that this revert creates (and removes on rollback).
 	New     []LaunchDisk `json:"new"`
@@ -100,8 +102,18 @@ func (d *Domain) revertRelaunch(ctx context.Context, op *Op[*DomainSnapshot], s 
 		if _, err := os.Stat(s.Memory.File); err != nil {
 			return nil, fmt.Errorf("%w: memory file: %w", ErrInconsistent, err)
 		}
+		// A QEMU that cannot read the file's format says so now, not
+		// after the old QEMU is gone.
+		if !d.customStateSaver() {
+			if err := (migrationSaver{d}).canLoad(s.Memory.Format); err != nil {
+				return nil, err
+			}
+		}
 	}
 	in := relaunchIntent{Phase: relaunchPrepared, Want: wantRunning, Force: force}
+	if st, err := d.guestState(ctx); err == nil {
+		in.Was = st.Running
+	}
 	for _, dk := range disks {
 		in.Old = append(in.Old, LaunchDisk{Device: dk.Device, Node: dk.Node, File: dk.File})
 	}
@@ -146,7 +158,8 @@ func (d *Domain) revertRelaunch(ctx context.Context, op *Op[*DomainSnapshot], s 
 		}
 	}
 	op.setPhase(PhaseRelaunching)
-	if err := l.Stop(ctx, d.mon); err != nil {
+	d.emit(ctx, Event{Kind: EventGuestStopped})
+	if err := l.Stop(ctx, unwrapMonitor(d.mon)); err != nil {
 		// QEMU may or may not be gone: if it still answers, nothing
 		// happened; if not, the previous disks are started again.
 		return nil, d.undoRelaunch(ctx, s.Name, &in, !d.answers(ctx), fmt.Errorf("stop QEMU: %w", err))
@@ -246,6 +259,8 @@ func (d *Domain) finishRelaunch(ctx context.Context, op *Op[*DomainSnapshot], s 
 			_ = l.Stop(context.WithoutCancel(ctx), mon)
 			return nil, d.undoRelaunch(ctx, s.Name, in, true, err)
 		}
+		d.emit(ctx, Event{Kind: EventRelaunched, Monitor: mon})
+		op.pastNoReturn()
 		in.Phase = relaunchStarted
 		if err := d.setRelaunchIntent(ctx, s.Name, in); err != nil {
 			return nil, err
@@ -259,8 +274,8 @@ func (d *Domain) finishRelaunch(ctx context.Context, op *Op[*DomainSnapshot], s 
 		}
 		if st.State == "inmigrate" {
 			op.setPhase(PhaseLoading)
-			if err := d.stateSaver().LoadState(ctx, LoadStateRequest{Monitor: d.mon, Path: s.Memory.File, Progress: op.setBytes}); err != nil {
-				_ = l.Stop(context.WithoutCancel(ctx), d.mon)
+			if err := d.stateSaver().LoadState(ctx, LoadStateRequest{Monitor: d.mon, Path: s.Memory.File, Format: s.Memory.Format, Progress: op.setBytes}); err != nil {
+				_ = l.Stop(context.WithoutCancel(ctx), unwrapMonitor(d.mon))
 				return nil, d.undoRelaunch(ctx, s.Name, in, true, fmt.Errorf("load memory: %w", err))
 			}
 		}
@@ -295,6 +310,14 @@ func (d *Domain) undoRelaunch(ctx context.Context, name string, in *relaunchInte
 		if err == nil {
 			if err = d.setMonitor(cctx, mon); err != nil {
 				_ = d.opts.Launcher.Stop(cctx, mon)
+			}
+		}
+		if err == nil {
+			d.emit(ctx, Event{Kind: EventRelaunched, Monitor: mon})
+			if in.Was {
+				if rerr := d.restoreRunning(cctx, true); rerr != nil {
+					cause = fmt.Errorf("%w (and the restarted guest is left paused: %w)", cause, rerr)
+				}
 			}
 		}
 		if err != nil {

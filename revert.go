@@ -113,6 +113,7 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 		if err := qemu.Stop(ctx, d.mon); err != nil {
 			return nil, fmt.Errorf("stop guest: %w", err)
 		}
+		d.emit(ctx, Event{Kind: EventGuestStopped})
 	}
 	op.setPhase(PhaseLoading)
 	// The vmstate is on the disk whose snapshot has a vmstate size; its
@@ -124,6 +125,9 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 		}
 	}
 	err = d.vmstate.Load(ctx, qemu.LoadSpec{Tag: s.Name, VMStateNode: vmstate, Devices: snapshotNodes(s.Disks), KeepJobID: jobID, Progress: op.setBytes})
+	if err == nil {
+		op.pastNoReturn()
+	}
 	if errors.Is(err, ErrCanceled) {
 		// The load ran to its end before the cancel was seen: past the
 		// point of no return, the revert completes.

@@ -19,6 +19,11 @@ import (
 func run[T any](ctx context.Context, d *Domain, opName, name string, body func(ctx context.Context, op *Op[T], reconcileErr error) (T, error)) *Op[T] {
 	return start(ctx, func(ctx context.Context, op *Op[T]) (T, error) {
 		var zero T
+		ctx = op.observe(ctx, d, opName, name)
+		if err := ctx.Err(); err != nil {
+			// Cancelled before it began: nothing was done.
+			return zero, d.wrap(opName, name, fmt.Errorf("%w: %w", ErrCanceled, err))
+		}
 		unlock, err := d.lock(ctx)
 		if err != nil {
 			if errors.Is(err, context.Canceled) {

@@ -101,6 +101,11 @@ type Memory struct {
 	Node string
 	// File is the file holding an external vmstate.
 	File string
+	// Format is the layout of an external memory file, as the StateSaver
+	// that wrote it named it (the default saver: "stream", or
+	// "mapped-ram" on QEMU ≥ 9.0); "" for files written before formats
+	// were recorded, which are streams.
+	Format string
 }
 
 // DomainSnapshot is a snapshot of a domain (the RFC's libxl_vm_snapshot).

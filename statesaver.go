@@ -2,6 +2,7 @@ package vmsnap
 
 import (
 	"context"
+	"fmt"
 
 	"github.com/vmsnap/vmsnap/internal/migrate"
 )
@@ -16,12 +17,24 @@ func (m migrationSaver) SaveState(ctx context.Context, req SaveStateRequest) (Sa
 	if req.Live {
 		mode = m.d.liveMode(ctx)
 	}
-	res, err := migrate.Save(ctx, req.Monitor, m.d.features, req.Path, mode, req.Progress, req.AtStop)
-	return SaveStateResult{Downtime: res.Downtime, Bytes: res.Bytes}, err
+	format := migrate.DefaultFormat(m.d.features, mode)
+	res, err := migrate.Save(ctx, req.Monitor, m.d.features, req.Path, mode, format, req.Progress, req.AtStop)
+	return SaveStateResult{Downtime: res.Downtime, Bytes: res.Bytes, Format: string(res.Format)}, err
 }
 
 func (m migrationSaver) LoadState(ctx context.Context, req LoadStateRequest) error {
-	return migrate.Load(ctx, req.Monitor, req.Path, req.Progress)
+	format, err := migrate.ParseFormat(req.Format)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnsupported, err)
+	}
+	return migrate.Load(ctx, req.Monitor, req.Path, format, req.Progress)
+}
+
+// canLoad reports, before anything is stopped, whether the QEMU the
+// domain runs can load a state file of format (the new QEMU of a relaunch
+// runs the same binary).
+func (m migrationSaver) canLoad(format string) error {
+	return migrate.CanLoad(m.d.features, migrate.Format(format))
 }
 
 // stateSaver returns the StateSaver of the domain.
