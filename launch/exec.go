@@ -60,7 +60,11 @@ type Exec struct {
 	// disk of a LaunchSpec in Argv by its device (the -device id=, or the
 	// -drive's block backend name: id= or "ide0-hd0", "virtio0", …) or its
 	// node name (-blockdev node-name=), and uses DiskFiles only for a disk
-	// it knows by neither.
+	// it knows by neither. A machine flash is also known by "pflashN" and
+	// by "system.flashN" (query-block's qdev /machine/system.flashN, which
+	// is how vmsnap names a flash given by -machine pflashN=<node>), so it
+	// is found after an external snapshot put it on an overlay node the
+	// command line does not declare.
 	DiskFiles map[string]string
 	// Pid is the running QEMU's process id, when this Exec did not start
 	// it; Stop waits for it to exit after quit. Zero means unknown:

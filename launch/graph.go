@@ -30,6 +30,8 @@ type blockArg struct {
 type drive struct {
 	*blockArg
 	name string // block backend name: id= or the name QEMU makes from if=/index
+	// flash is the unit of an if=pflash drive, -1 for other drives.
+	flash int
 }
 
 // blockGraph is the parsed block configuration of an argv.
@@ -85,7 +87,7 @@ func parseBlockGraph(argv []string) (*blockGraph, error) {
 			o.setStr("if", sd.iface)
 			o.setStr("media", sd.media)
 			d := &drive{blockArg: &blockArg{at: i, flag: flag, opts: o}}
-			d.name = driveName(o, used)
+			d.name, d.flash = driveName(o, used)
 			g.drives = append(g.drives, d)
 			i++
 			continue
@@ -106,7 +108,9 @@ func parseBlockGraph(argv []string) (*blockGraph, error) {
 		a := &blockArg{at: i - 1, flag: flag, opts: o}
 		switch flag {
 		case "drive":
-			g.drives = append(g.drives, &drive{blockArg: a, name: driveName(o, used)})
+			d := &drive{blockArg: a}
+			d.name, d.flash = driveName(o, used)
+			g.drives = append(g.drives, d)
 		case "blockdev":
 			name, _ := o.str("node-name")
 			if name == "" {
@@ -128,8 +132,9 @@ func parseBlockGraph(argv []string) (*blockGraph, error) {
 
 // driveName is the block backend name QEMU gives a -drive: its id, else
 // one made from its interface and position ("ide0-hd0", "virtio1",
-// "pflash0"). used records the positions taken so far.
-func driveName(o *optTree, used map[string]bool) string {
+// "pflash0"). used records the positions taken so far. flash is the unit
+// of an if=pflash drive (the N of the machine's pflashN), -1 for others.
+func driveName(o *optTree, used map[string]bool) (name string, flash int) {
 	iface, ok := o.str("if")
 	if !ok {
 		iface = "ide"
@@ -158,11 +163,15 @@ func driveName(o *optTree, used map[string]bool) string {
 		}
 	}
 	used[fmt.Sprint(iface, "/", bus, "/", unit)] = true
+	flash = -1
+	if iface == "pflash" {
+		flash = unit
+	}
 	if id, ok := o.str("id"); ok && id != "" {
-		return id
+		return id, flash
 	}
 	if iface == "none" {
-		return ""
+		return "", flash
 	}
 	mediaStr := ""
 	if iface == "ide" || iface == "scsi" {
@@ -172,9 +181,20 @@ func driveName(o *optTree, used map[string]bool) string {
 		}
 	}
 	if max > 0 {
-		return fmt.Sprintf("%s%d%s%d", iface, bus, mediaStr, unit)
+		return fmt.Sprintf("%s%d%s%d", iface, bus, mediaStr, unit), flash
 	}
-	return fmt.Sprintf("%s%s%d", iface, mediaStr, unit)
+	return fmt.Sprintf("%s%s%d", iface, mediaStr, unit), flash
+}
+
+// flashNames are the names query-block gives the machine's flash device
+// pflashN: a -drive if=pflash's block backend is "pflashN" (or its id=),
+// and the device is /machine/system.flashN whether a -drive or -machine
+// pflashN=<node> gives it its image; a -blockdev flash has no backend
+// name, so vmsnap knows it by "system.flashN", the last part of that qdev
+// path, and keeps that name after an external snapshot put the disk on an
+// overlay node the command line does not declare.
+func flashNames(n int) []string {
+	return []string{fmt.Sprintf("pflash%d", n), fmt.Sprintf("system.flash%d", n), fmt.Sprintf("/machine/system.flash%d", n)}
 }
 
 // Drivers by role in a block graph.
@@ -222,6 +242,13 @@ func (g *blockGraph) disks() []*disk {
 		if nn, ok := dr.opts.str("node-name"); ok {
 			d.names = append(d.names, nn)
 		}
+		if dr.flash >= 0 {
+			for _, n := range flashNames(dr.flash) {
+				if !slices.Contains(d.names, n) {
+					d.names = append(d.names, n)
+				}
+			}
+		}
 		out = append(out, d)
 	}
 	addNode := func(ref string) *disk {
@@ -266,8 +293,9 @@ func (g *blockGraph) disks() []*disk {
 		}
 	}
 	for ref, pf := range g.pflash {
-		if d := addNode(ref); d != nil {
-			d.names = append(d.names, pf)
+		n, err := strconv.Atoi(strings.TrimPrefix(pf, "pflash"))
+		if d := addNode(ref); d != nil && err == nil {
+			d.names = append(d.names, flashNames(n)...)
 		}
 	}
 	return out
@@ -522,6 +550,46 @@ type image struct {
 	Backing       string // absolute path, "" when none
 	BackingFormat string
 	Device        bool // a block device, not a regular file
+	// Below are the images of the backing chain, Backing first, each as
+	// its overlay's header names it (absolute); the last names no backing
+	// file. Empty when unknown.
+	Below []string
+}
+
+// headerBacking reports whether the header of file, an image of img's
+// backing chain, names a backing file; known is false when file is not
+// in the chain qemu-img reported.
+func (img image) headerBacking(file string) (has, known bool) {
+	for i, f := range img.Below {
+		if f == file {
+			return i+1 < len(img.Below), true
+		}
+	}
+	return false, false
+}
+
+// dropNullBacking removes "backing" from the key=value format nodes of o
+// (o and the backing objects declared inline in it) that set it to null
+// although their image names no backing file in its header: the two mean
+// the same there, and QEMU 7.2 warns that "backing=", key=value syntax's
+// only spelling of null, is deprecated. A null backing that hides a
+// backing file the header names, or one on an image whose header is not
+// known, is kept. JSON options keep their null, which is not deprecated.
+func (g *blockGraph) dropNullBacking(o *optTree, img image) {
+	for ; o != nil && !o.json; o = o.child("backing") {
+		if !o.isNull("backing") {
+			continue
+		}
+		proto, _ := g.childOf(o, "file")
+		if proto == nil {
+			return
+		}
+		f, _ := proto.str("filename")
+		if has, known := img.headerBacking(g.abs(f)); known && !has {
+			o.remove("backing")
+		}
+		return
+	}
 }
 
 // checkRewrite reports whether rewriteDisk can put d on a new image.
@@ -592,7 +660,9 @@ func isOn(o *optTree, key string) bool {
 // unless a job writes to it); when it is an image further down the declared
 // chain, that node becomes the backing. Otherwise "backing" is left out
 // and QEMU opens the chain from img's header. Declared nodes that nothing
-// refers to any more are dropped.
+// refers to any more are dropped. A key=value node written again loses a
+// null backing ("backing=", deprecated in QEMU 7.2) when its image's
+// header names no backing file (see dropNullBacking).
 func (g *blockGraph) rewriteDisk(d *disk, img image) (bool, error) {
 	if img.File == g.file(d) {
 		return false, nil
@@ -666,6 +736,7 @@ func (g *blockGraph) rewriteDisk(d *disk, img image) (bool, error) {
 			nn, _ := p.str("node-name")
 			base.setStr("file", nn)
 		}
+		g.dropNullBacking(base, img)
 		g.addNode(top.node, base)
 		bn, _ := base.str("node-name")
 		newTop.setStr("backing", bn)
@@ -675,7 +746,9 @@ func (g *blockGraph) rewriteDisk(d *disk, img image) (bool, error) {
 			bn, _ := b.fmt.str("node-name")
 			newTop.setStr("backing", bn)
 		} else {
-			newTop.setSub("backing", b.fmt.clone())
+			inline := b.fmt.clone()
+			g.dropNullBacking(inline, img)
+			newTop.setSub("backing", inline)
 		}
 	default:
 		newTop.remove("backing")

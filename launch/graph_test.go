@@ -76,10 +76,15 @@ func TestBlockGraphDisks(t *testing.T) {
 			map[string]string{"virtio0": "drive-virtio0", "ide2": "drive-ide2"}},
 		{"legacy", legacy,
 			map[string]string{"ide0-hd0": "/img/boot disk.qcow2", "ide0-hd1": "/img/data.raw", "virtio0": "/img/v.raw", "ide1-cd0": "/img/cd.iso"}, nil},
-		{"ovmf", ovmf, map[string]string{"pflash0": "/usr/share/OVMF/OVMF_CODE.fd", "pflash1": "/vm/OVMF_VARS.fd"}, nil},
+		{"ovmf", ovmf, map[string]string{"pflash0": "/usr/share/OVMF/OVMF_CODE.fd", "pflash1": "/vm/OVMF_VARS.fd"},
+			map[string]string{"system.flash1": "pflash1", "/machine/system.flash0": "pflash0"}},
+		{"pflash short forms and an id", []string{"q", "-pflash", "/fw/code.fd", "-drive", "if=pflash,id=vars,file=/vm/vars.fd"},
+			map[string]string{"pflash0": "/fw/code.fd", "vars": "/vm/vars.fd"},
+			map[string]string{"system.flash0": "pflash0", "pflash1": "vars", "system.flash1": "vars"}},
 		{"ovmf blockdev", ovmfBlockdev,
 			map[string]string{"libvirt-pflash0-format": "/usr/share/OVMF/OVMF_CODE.fd", "libvirt-pflash1-format": "/vm/VARS.fd"},
-			map[string]string{"pflash1": "libvirt-pflash1-format"}},
+			map[string]string{"pflash1": "libvirt-pflash1-format", "system.flash1": "libvirt-pflash1-format",
+				"/machine/system.flash1": "libvirt-pflash1-format", "system.flash0": "libvirt-pflash0-format"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -178,6 +183,62 @@ func TestRewriteDisk(t *testing.T) {
 				"-blockdev", `{"driver":"file","filename":"/vm/VARS.fd","node-name":"libvirt-pflash1-storage-base","auto-read-only":true,"discard":"unmap"}`,
 				"-blockdev", `{"node-name":"libvirt-pflash1-format-base","read-only":false,"driver":"raw","file":"libvirt-pflash1-storage-base"}`,
 				"-blockdev", `{"node-name":"libvirt-pflash1-format","read-only":false,"driver":"qcow2","file":"libvirt-pflash1-storage","backing":"libvirt-pflash1-format-base"}`,
+			},
+		},
+		{
+			name: "keyval null backing on an image whose header names none is left out", argv: libvirtKeyval, disk: "virtio-disk0",
+			img: func() image { i := over("/img/vda.qcow2", "qcow2"); i.Below = []string{"/img/vda.qcow2"}; return i }(),
+			want: []string{
+				"-blockdev", "driver=file,filename=/new/o,,1 é.qcow2,node-name=libvirt-2-storage,auto-read-only=on,discard=unmap",
+				"-blockdev", "driver=file,filename=/img/vda.qcow2,node-name=libvirt-2-storage-base,auto-read-only=on,discard=unmap",
+				"-blockdev", "node-name=libvirt-2-format-base,read-only=off,driver=qcow2,file=libvirt-2-storage-base",
+				"-blockdev", "node-name=libvirt-2-format,read-only=off,driver=qcow2,file=libvirt-2-storage,backing=libvirt-2-format-base",
+			},
+		},
+		{
+			name: "keyval null backing that hides a header backing is kept", argv: libvirtKeyval, disk: "virtio-disk0",
+			img: func() image {
+				i := over("/img/vda.qcow2", "qcow2")
+				i.Below = []string{"/img/vda.qcow2", "/img/template.qcow2"}
+				return i
+			}(),
+			want: []string{
+				"-blockdev", "driver=file,filename=/new/o,,1 é.qcow2,node-name=libvirt-2-storage,auto-read-only=on,discard=unmap",
+				"-blockdev", "driver=file,filename=/img/vda.qcow2,node-name=libvirt-2-storage-base,auto-read-only=on,discard=unmap",
+				"-blockdev", "node-name=libvirt-2-format-base,read-only=off,driver=qcow2,file=libvirt-2-storage-base,backing=",
+				"-blockdev", "node-name=libvirt-2-format,read-only=off,driver=qcow2,file=libvirt-2-storage,backing=libvirt-2-format-base",
+			},
+		},
+		{
+			name: "inline keyval backing loses its null", disk: "d",
+			argv: []string{"q", "-blockdev", "node-name=f,driver=qcow2,file.driver=file,file.filename=/i/top.qcow2," +
+				"backing.driver=qcow2,backing.file.driver=file,backing.file.filename=/i/base.qcow2,backing.backing=", "-device", "virtio-blk-pci,drive=f,id=d"},
+			img: func() image { i := over("/i/base.qcow2", "qcow2"); i.Below = []string{"/i/base.qcow2"}; return i }(),
+			want: []string{"-blockdev", "node-name=f,driver=qcow2,file.driver=file,file.filename=/new/o,,1 é.qcow2," +
+				"backing.driver=qcow2,backing.file.driver=file,backing.file.filename=/i/base.qcow2"},
+		},
+		{
+			name: "blockdev pflash vars by its qdev name", argv: ovmfBlockdev, disk: "system.flash1", img: over("/vm/VARS.fd", "raw"),
+			want: []string{
+				"-blockdev", `{"driver":"file","filename":"/new/o,1 é.qcow2","node-name":"libvirt-pflash1-storage","auto-read-only":true,"discard":"unmap"}`,
+				"-blockdev", `{"driver":"file","filename":"/vm/VARS.fd","node-name":"libvirt-pflash1-storage-base","auto-read-only":true,"discard":"unmap"}`,
+				"-blockdev", `{"node-name":"libvirt-pflash1-format-base","read-only":false,"driver":"raw","file":"libvirt-pflash1-storage-base"}`,
+				"-blockdev", `{"node-name":"libvirt-pflash1-format","read-only":false,"driver":"qcow2","file":"libvirt-pflash1-storage","backing":"libvirt-pflash1-format-base"}`,
+			},
+		},
+		{
+			name: "keyval blockdev qcow2 pflash vars", disk: "system.flash1",
+			argv: []string{"q", "-machine", "q35,pflash0=code,pflash1=vars",
+				"-blockdev", "driver=file,filename=/usr/share/OVMF/OVMF_CODE.fd,node-name=code-file,read-only=on",
+				"-blockdev", "node-name=code,driver=raw,file=code-file,read-only=on",
+				"-blockdev", "driver=file,filename=/vm/VARS.qcow2,node-name=vars-file",
+				"-blockdev", "node-name=vars,driver=qcow2,file=vars-file,backing="},
+			img: func() image { i := over("/vm/VARS.qcow2", "qcow2"); i.Below = []string{"/vm/VARS.qcow2"}; return i }(),
+			want: []string{
+				"-blockdev", "driver=file,filename=/new/o,,1 é.qcow2,node-name=vars-file",
+				"-blockdev", "driver=file,filename=/vm/VARS.qcow2,node-name=vars-file-base",
+				"-blockdev", "node-name=vars-base,driver=qcow2,file=vars-file-base",
+				"-blockdev", "node-name=vars,driver=qcow2,file=vars-file,backing=vars-base",
 			},
 		},
 		{name: "snapshot=on refused", argv: []string{"q", "-drive", "file=/a.qcow2,snapshot=on,if=virtio"}, disk: "virtio0", img: ovl, err: "snapshot=on"},

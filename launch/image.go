@@ -38,10 +38,26 @@ func inspectImage(ctx context.Context, bin, file string) (image, error) {
 	}
 	top := chain[0]
 	img := image{File: file, Format: top.Format, BackingFormat: top.BackingFormat, Device: fi.Mode()&os.ModeDevice != 0}
-	if top.FullBacking != "" {
-		img.Backing = filepath.Clean(top.FullBacking)
-	} else if top.Backing != "" {
-		img.Backing = absPath(file, top.Backing)
+	img.Backing = backingOf(file, top.FullBacking, top.Backing)
+	// The images below, each named by its overlay's header; qemu-img
+	// lists one entry per image it opened, so the last one has no backing.
+	prev := img.Backing
+	for _, e := range chain[1:] {
+		if prev == "" {
+			break
+		}
+		img.Below = append(img.Below, prev)
+		prev = backingOf(prev, e.FullBacking, e.Backing)
 	}
 	return img, nil
+}
+
+// backingOf is the absolute path of the backing file an overlay's header
+// names: qemu-img's full-backing-filename, else backing-filename taken
+// relative to the overlay.
+func backingOf(overlay, full, backing string) string {
+	if full != "" {
+		return filepath.Clean(full)
+	}
+	return absPath(overlay, backing)
 }
