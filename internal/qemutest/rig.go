@@ -18,6 +18,14 @@
 // device, which Start sets, and `qemu-io -d` needs a qdev id of a device
 // that holds the drive itself (ide-hd here; virtio-blk-pci's id does not
 // work); snapshot-save requires its devices argument.
+//
+// What differs on the other versions CI runs (Debian's 5.2 and 10.0): 5.2
+// has neither snapshot-save jobs nor background-snapshot (both QEMU 6.0),
+// and its HMP loadvm of a missing snapshot answers "Device 'disk0' does not
+// have the requested snapshot 'x'" and leaves the guest paused
+// (restore-vm). 10.0's `info snapshots` prints the ID in 8 columns, not 10,
+// with VM_SIZE/VM_CLOCK headings, a four-digit hour in VM_CLOCK and "--"
+// for no ICOUNT.
 package qemutest
 
 import (
