@@ -26,23 +26,7 @@ import (
 // with the error they fail with. cfgDo skips them so CI
 // stays green; VMSNAP_RUN_ENGINE_GAPS=1 runs them. Remove an entry once
 // its step passes.
-var knownEngineGaps = map[string]string{
-	"TestQEMUConfigurations/libvirt-json/after-external-delete":               gapStaleNodes,
-	"TestQEMUConfigurations/libvirt-keyval/after-external-delete":             gapStaleNodes,
-	"TestQEMUConfigurations/raw-data-disk/after-external-delete":              gapStaleNodes,
-	"TestQEMUConfigurations/odd-names-relative-backing/after-external-delete": gapStaleNodes,
-	"TestQEMUConfigQ35VirtioSCSI/after-external-delete":                       gapStaleNodes,
-	"TestQEMUConfigurations/ovmf-raw-vars/revert-external":                    gapPflashRelaunch,
-	"TestQEMUConfigurations/ovmf-qcow2-vars/revert-external":                  gapPflashRelaunch,
-	"TestQEMUConfigRestartWithoutOverlay/list-flags":                          "List reports no problem on an external snapshot whose overlays QEMU no longer runs on (the domain was restarted on the frozen images); Delete does refuse",
-	"TestQEMUConfigRelaunchStartFails/restarted-guest-runs":                   "after the new QEMU failed to start, the old one is restarted on its previous disks but left in prelaunch (the argv's -S) although the guest ran and RevertRunning was asked",
-}
-
-// Reasons shared by several knownEngineGaps entries.
-const (
-	gapStaleNodes     = "qmp: transaction: GenericError: Need a root block node — after an external revert (relaunch) and the external deletes, the command line's -blockdev nodes stay in QEMU's graph, so the next disk-only create fails (issue 11 item 4)"
-	gapPflashRelaunch = "launch: disk system.flash1: the QEMU command line declares no -drive, -blockdev or -device for it ... so it cannot be moved to VARS.ext.live.qcow2 — launch.Exec does not match the pflash disk (query-block device \"system.flash1\") to the argv's -machine pflash1=<node> once the disk runs on an overlay node"
-)
+var knownEngineGaps = map[string]string{}
 
 // cfgCase is one configuration of the matrix.
 type cfgCase struct {

@@ -258,6 +258,12 @@ func onlyRecordErrors(err error) bool {
 // snapshot s says it holds.
 func checkAgainstQEMU(s *DomainSnapshot, disks []Disk) {
 	for i, ds := range s.Disks {
+		if ds.Kind == DiskExternal {
+			if dk, ok := findDevice(disks, ds); ok && dk.File == ds.File {
+				s.addProblem(ProblemFrozenInUse, diskLabel(ds), fmt.Sprintf("the domain runs directly on the snapshot's frozen image %s, not on the overlay %s above it", ds.File, ds.Overlay))
+			}
+			continue
+		}
 		if ds.Kind != DiskInternal {
 			continue
 		}

@@ -199,6 +199,9 @@ func (d *Domain) runDiskMerge(ctx context.Context, r *store.Record, dp merge.Dis
 		if err := d.mergeChild(ctx, dp, jobID, disks, nodes); err != nil {
 			return err
 		}
+		if dp.Method != merge.MethodOfflineCommit {
+			d.dropStaleNodes(ctx, dp.Child)
+		}
 	}
 	for _, img := range dp.Rebase {
 		if err := d.rebase(ctx, img, dp.Frozen); err != nil {
@@ -245,6 +248,33 @@ func (d *Domain) mergeChild(ctx context.Context, dp merge.DiskPlan, jobID string
 		args["top-node"] = top
 	}
 	return qemu.RunJob(ctx, d.mon, qemu.Job{ID: jobID, Command: "block-commit", Args: args, CompleteWhenReady: top == ""})
+}
+
+// dropStaleNodes removes from QEMU's graph the nodes still open on image
+// after a commit merged it away. QEMU drops the nodes it made itself, but
+// nodes declared on the command line (-blockdev) belong to the monitor and
+// stay, holding the merged file open and keeping the disk's new root from
+// being a root node ("Need a root block node" on the next snapshot).
+// Nodes still in use refuse blockdev-del; that is fine.
+func (d *Domain) dropStaleNodes(ctx context.Context, image string) {
+	nodes, err := qemu.NamedNodes(ctx, d.mon)
+	if err != nil {
+		return
+	}
+	var format, protocol []string
+	for _, n := range nodes {
+		if n.File != image || n.Node == "" || strings.HasPrefix(n.Node, "#") {
+			continue
+		}
+		if n.Driver == "file" || n.Driver == "host_device" {
+			protocol = append(protocol, n.Node)
+		} else {
+			format = append(format, n.Node)
+		}
+	}
+	for _, n := range append(format, protocol...) {
+		_ = qemu.BlockdevDel(ctx, d.mon, n)
+	}
 }
 
 // settleMergeJobs brings to an end the commit jobs an earlier run of this

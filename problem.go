@@ -33,6 +33,13 @@ const (
 	// ProblemParentUnreadable: the snapshot's parent has a record that
 	// cannot be read (see Listing.Unreadable).
 	ProblemParentUnreadable ProblemKind = "parent-unreadable"
+	// ProblemFrozenInUse: the domain runs directly on an external
+	// snapshot's frozen image, not on the layers above it (its manager
+	// restarted it from a configuration that predates the snapshot): the
+	// guest's writes change the snapshot, and the overlay holds writes
+	// the running guest does not see. Delete refuses to merge it; keep
+	// the manager's configuration in step with the disk chain.
+	ProblemFrozenInUse ProblemKind = "frozen-image-in-use"
 )
 
 // String returns the kind's stable name.
