@@ -191,7 +191,10 @@ func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec Creat
 	if c.meta {
 		op.setPhase(PhaseWritingMeta)
 		if err := d.commit(ctx, s); err != nil {
-			return nil, err
+			// A snapshot whose record cannot be committed (a full disk) is
+			// rolled back: a failed create never leaves a snapshot that the
+			// next operation would take for a healthy one.
+			return nil, c.rollback(ctx, fmt.Errorf("commit the snapshot's record: %w", err))
 		}
 		s.Current = true
 	}
@@ -206,6 +209,7 @@ type creation struct {
 	plan       createPlan
 	disks      []Disk
 	vmstate    Disk
+	overlays   []string // the overlays an external create made
 	wasRunning bool
 	meta       bool
 }
@@ -217,6 +221,14 @@ func (c *creation) intent(ctx context.Context, labels map[string]string) error {
 	}
 	c.op.setPhase(PhaseWritingMeta)
 	return c.d.putIntent(ctx, c.s, intentCreating, c.wasRunning, labels)
+}
+
+// rollback undoes a create whose snapshot was taken but not committed.
+func (c *creation) rollback(ctx context.Context, cause error) error {
+	if c.plan.kind.external() {
+		return c.undoExternal(ctx, c.overlays, true, c.plan.kind == kindExternalFull, cause)
+	}
+	return c.d.undoCreate(ctx, c.s, c.wasRunning, c.meta, cause)
 }
 
 // finish leaves the guest as the flags say once the snapshot is taken:

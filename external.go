@@ -156,6 +156,7 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 	if err != nil {
 		return err
 	}
+	c.overlays = overlays
 	if c.plan.kind == kindExternalFull {
 		path, err := d.memoryPath(s.Name)
 		if err != nil {
