@@ -9,13 +9,23 @@ import (
 
 // Launcher stops and starts a domain's QEMU process. The caller supplies
 // it: vmsnap never guesses a QEMU command line. Reverting an external
-// snapshot, or a disk-only snapshot of a running domain, needs one. vmsnap
-// calls Stop, works on the image files while no QEMU holds them, then
-// calls Start.
+// snapshot, or a disk-only snapshot of a running domain (with RevertForce),
+// needs one. vmsnap calls Stop, works on the image files while no QEMU
+// holds them, then calls Start.
+//
+// A toolstack that owns QEMU's lifecycle brings its own Launcher: Stop and
+// Start are where it stops and starts the process its own way (and keeps
+// its configuration in step with LaunchSpec.Disks, the new top images).
+// The monitor Start returns becomes the Domain's (Domain.Monitor), and an
+// EventRelaunched carrying it goes to Options.Events; the monitor the
+// toolstack gave Open is never closed by vmsnap. The relaunch emits
+// EventGuestStopped before Stop, so the SHUTDOWN the old QEMU sends can be
+// told from an operator's quit.
 type Launcher interface {
 	// Stop ends the domain's QEMU process (old is its monitor, nil when
 	// none runs) and returns once the process has exited and released its
-	// image files.
+	// image files. It must not close old unless the Launcher opened it
+	// (a monitor the toolstack handed to Open stays the toolstack's).
 	Stop(ctx context.Context, old qmp.Monitor) error
 	// Start starts the domain's QEMU process as spec says and returns a
 	// connected monitor to it. The new process opens spec.Disks as the

@@ -100,6 +100,9 @@ type Exec struct {
 	mu     sync.Mutex
 	cmd    *exec.Cmd
 	exited chan struct{} // closed when cmd has been reaped
+	// opened are the monitors Start returned: Stop closes those, and
+	// never a monitor the caller opened itself.
+	opened map[qmp.Monitor]bool
 }
 
 // ErrLaunch is wrapped by errors about the command line or the process.
@@ -132,9 +135,11 @@ func (e *Exec) check() error {
 }
 
 // Stop implements vmsnap.Launcher: it sends quit on old (when not nil),
-// closes it, and waits until the old process is gone: the process this
-// Exec started, else the one Pid names, else until Socket stops accepting
-// connections. It never kills a process it did not start.
+// closes it if this Exec's Start opened it (never a monitor the caller
+// opened: the caller closes its own), and waits until the old process is
+// gone: the process this Exec started, else the one Pid names, else until
+// Socket stops accepting connections. It never kills a process it did not
+// start.
 func (e *Exec) Stop(ctx context.Context, old qmp.Monitor) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -282,6 +287,10 @@ func (e *Exec) startPlanned(ctx context.Context, base []string, files map[string
 		return nil, err
 	}
 	e.Argv, e.DiskFiles, e.Pid = base, files, e.cmd.Process.Pid
+	if e.opened == nil {
+		e.opened = map[qmp.Monitor]bool{}
+	}
+	e.opened[mon] = true
 	return mon, nil
 }
 
@@ -302,7 +311,10 @@ func (e *Exec) stopOld(ctx context.Context, old qmp.Monitor) error {
 	defer cancel()
 	if old != nil {
 		err := qemu.Quit(wctx, old)
-		old.Close()
+		if e.opened[old] {
+			old.Close()
+			delete(e.opened, old)
+		}
 		if err != nil && !errors.Is(err, qmp.ErrClosed) {
 			return fmt.Errorf("%w: quit the old QEMU: %w", ErrLaunch, err)
 		}
