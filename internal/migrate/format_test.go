@@ -49,7 +49,7 @@ func TestFormats(t *testing.T) {
 		want Format
 	}{
 		{q72, Stopped, FormatStream}, {q72, Precopy, FormatStream}, {q72, Background, FormatStream},
-		{q10, Stopped, FormatStream}, {q10, Precopy, FormatMappedRAM}, {q10, Background, FormatStream},
+		{q10, Stopped, FormatMappedRAM}, {q10, Precopy, FormatMappedRAM}, {q10, Background, FormatStream},
 	} {
 		if got := DefaultFormat(tc.feat, tc.mode); got != tc.want {
 			t.Errorf("DefaultFormat(%s, %v) = %s, want %s", tc.feat.Version, tc.mode, got, tc.want)
