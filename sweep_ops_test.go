@@ -50,6 +50,7 @@ var sweepKnownFailing = map[string]string{
 	"ext-delete-leaf/cancel/job-ready#2":       bugCancelDelete,
 	"ext-delete-leaf/cancel/job-concluded#1":   bugCancelDelete,
 	"ext-delete-leaf/cancel/job-concluded#2":   bugCancelDelete,
+	"ext-delete-middle/process/t*":             bugBackingRewritten,
 	"ext-delete-middle/qemu/t*":                bugBackingRewritten,
 	"ext-delete-middle/qemu/job-concluded#1":   bugBackingRewritten,
 	"ext-delete-middle/qemu/job-concluded#2":   bugBackingRewritten,
@@ -61,9 +62,11 @@ var sweepKnownFailing = map[string]string{
 	"ext-revert/cancel/t*":                     bugCancelError,
 	"int-create/cancel/t*":                     bugCancelCompleted,
 	"int-create/cancel/migrate-completed#1":    bugCancelCompleted,
+	"int-revert/cancel/stop#1":                 bugCancelError,
 	"int-revert/qemu/t*":                       bugHalfRevert,
 	"int-revert/qemu/job-created#1":            bugHalfRevert,
 	"int-delete/qemu/t*":                       bugDeleteCorrupt,
+	"int-delete/qemu/job-created#1":            bugDeleteCorrupt,
 	"int-delete/cancel/t*":                     bugCancelError,
 	"int-delete/cancel/job-created#1":          bugCancelError,
 	"int-delete/cancel/job-concluded#1":        bugCancelError,
@@ -76,13 +79,17 @@ const (
 	bugCancelDelete      = "a cancelled external delete is neither rolled back nor completed: it returns context canceled and the next list finishes it"
 	bugCancelCompleted   = "a cancel after the internal snapshot was saved returns context canceled, yet the snapshot is committed"
 	bugNodeBusy          = "after QEMU restarted on overlays (launch.Exec) the resumed leaf delete leaves the overlay's node: the next external create fails with Node 'diskN-base' is busy"
-	bugBackingRewritten  = "QEMU killed after an intermediate commit concluded: the next list fails with 'an interrupted merge rewrote the backing link ... shut the domain off'"
+	bugBackingRewritten  = "QEMU (or the process, between the commit's end and its bookkeeping) killed after an intermediate commit concluded: the next list fails with 'an interrupted merge rewrote the backing link ... shut the domain off'"
 	bugHalfRevert        = "QEMU killed during snapshot-load: after the restart one disk is reverted and the other not, and nothing settles it"
 	bugDeleteCorrupt     = "QEMU killed during an internal snapshot delete: qemu-img check reports ERROR OFLAG_COPIED on the image afterwards, and nothing repairs it"
 )
 
-// knownFailing returns the reason key is on sweepKnownFailing.
+// knownFailing returns the reason key is on sweepKnownFailing; with
+// VMSNAP_SWEEP_NOSKIP=1 nothing is skipped (to see which are fixed).
 func knownFailing(key string) (string, bool) {
+	if os.Getenv("VMSNAP_SWEEP_NOSKIP") == "1" {
+		return "", false
+	}
 	if r, ok := sweepKnownFailing[key]; ok {
 		return r, true
 	}
