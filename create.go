@@ -40,6 +40,11 @@ type CreateSpec struct {
 // state and every chosen disk, inside the qcow2 images, with QEMU's
 // snapshot-save job (HMP savevm on QEMU older than 6.0). The guest is
 // stopped while the state is written and runs again afterwards if it ran.
+// QEMU writes the state from its main loop, so its monitor answers other
+// commands only between chunks and the whole save can hold it for long;
+// and the job cannot be interrupted: a Cancel takes effect when it ends
+// (the snapshot is then removed again). Progress is a fraction (see
+// Progress.FractionOnly).
 //
 // With DiskOnly it snaps the chosen disks in one QMP transaction, all or
 // none, while the guest keeps running (crash-consistent).
@@ -65,9 +70,10 @@ type CreateSpec struct {
 // Options.Agent around the disk snapshot and always thaws them, also on
 // failure and cancel.
 //
-// Halt leaves the guest paused after the snapshot; NoMetadata skips the
-// store (the snapshot is then only in QEMU, and List shows it as
-// untracked).
+// Halt leaves the guest paused after the snapshot (unlike libvirt's HALT,
+// which shuts the domain off: stopping QEMU is the toolstack's call);
+// NoMetadata skips the store (the snapshot is then only in QEMU, and List
+// shows it as untracked).
 func (d *Domain) Create(ctx context.Context, spec CreateSpec, flags CreateFlags) *Op[*DomainSnapshot] {
 	defaulted := spec.Name == ""
 	if defaulted {
@@ -190,6 +196,9 @@ func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec Creat
 	}
 	if c.meta {
 		op.setPhase(PhaseWritingMeta)
+		if op.passedNoReturn() {
+			ctx = context.WithoutCancel(ctx)
+		}
 		if err := d.commit(ctx, s); err != nil {
 			// A snapshot whose record cannot be committed (a full disk) is
 			// rolled back: a failed create never leaves a snapshot that the
@@ -279,7 +288,11 @@ func (c *creation) internal(ctx context.Context, spec CreateSpec) error {
 	var takeErr error
 	if c.plan.kind == kindInternalDiskOnly {
 		c.op.setPhase(PhaseSnappingDisks)
-		takeErr = d.images.snapInternal(ctx, disks, s.Name)
+		// Once sent, the transaction's outcome matters whatever ctx
+		// does: it runs under a context that is not cancelled.
+		if takeErr = ctx.Err(); takeErr == nil {
+			takeErr = d.images.snapInternal(context.WithoutCancel(ctx), disks, s.Name)
+		}
 	} else {
 		c.op.setPhase(PhaseSavingMemory)
 		var dt time.Duration
@@ -297,7 +310,10 @@ func (c *creation) internal(ctx context.Context, spec CreateSpec) error {
 	if takeErr != nil {
 		return d.undoCreate(ctx, s, c.wasRunning, c.meta, takeErr)
 	}
+	// The snapshot is taken: from here the create completes (a cancel no
+	// longer rolls it back).
 	c.op.pastNoReturn()
+	ctx = context.WithoutCancel(ctx)
 	// Read back what QEMU recorded (ids, dates, vm clock, vmstate size).
 	if after, err := d.disks(ctx); err == nil {
 		fillFromDisks(s, after)
@@ -327,7 +343,7 @@ func fillFromDisks(s *DomainSnapshot, disks []Disk) {
 // or HMP savevm on an older QEMU). It returns how long the guest was
 // stopped as QEMU's STOP and RESUME events tell.
 func (d *Domain) saveInternal(ctx context.Context, op *Op[*DomainSnapshot], disks []Disk, vmstate Disk, tag string, wasRunning bool) (time.Duration, error) {
-	return d.vmstate.Save(ctx, qemu.SaveSpec{Tag: tag, VMStateNode: vmstate.Node, Devices: nodeNames(disks), WasRunning: wasRunning, Progress: op.setBytes})
+	return d.vmstate.Save(ctx, qemu.SaveSpec{Tag: tag, VMStateNode: vmstate.Node, Devices: nodeNames(disks), WasRunning: wasRunning, Progress: op.setFraction})
 }
 
 // undoCreate rolls back a create that failed: it removes the disk snapshots

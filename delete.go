@@ -104,9 +104,10 @@ func (d *Domain) delete(ctx context.Context, op *Op[[]string], name string, flag
 			} else {
 				op.setPhase(PhaseDeleting)
 			}
-			if n == name {
-				op.pastNoReturn()
-			}
+			// Once a snapshot starts leaving the images the delete runs
+			// to its end: a merge cannot be taken back.
+			op.pastNoReturn()
+			ctx = context.WithoutCancel(ctx)
 			if err := d.deleteFromImages(ctx, p, r, disks); err != nil {
 				if n != name {
 					err = fmt.Errorf("descendant %q: %w", n, err)

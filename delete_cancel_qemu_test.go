@@ -2,7 +2,6 @@ package vmsnap_test
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"testing"
 
@@ -27,7 +26,8 @@ func (c *cancelOn) Execute(ctx context.Context, cmd string, a, r any) error {
 	return err
 }
 
-// Cancelling a delete while its block-commit runs must leave the domain usable.
+// Cancelling a delete while its block-commit runs completes it (past the
+// point of no return) and leaves the domain usable.
 func TestQEMUExternalDeleteCancelledDuringCommit(t *testing.T) {
 	vm := qemutest.Start(t, qemutest.Options{})
 	fs, err := store.NewFileStore(t.TempDir())
@@ -47,11 +47,12 @@ func TestQEMUExternalDeleteCancelledDuringCommit(t *testing.T) {
 	}
 	dctx, cancel := context.WithCancel(ctx)
 	mon.cancel = cancel
-	if _, err = dom.Delete(dctx, "e1", 0).Wait(ctx); !errors.Is(err, vmsnap.ErrCanceled) {
-		t.Fatalf("cancelled delete: %v, want ErrCanceled", err)
+	// The cancel comes once the merge has started: past the point of no
+	// return, the delete runs to its end and says so (no error), rather
+	// than leaving one disk merged and the other not.
+	if done, err := dom.Delete(dctx, "e1", 0).Wait(ctx); err != nil || len(done) != 1 {
+		t.Fatalf("delete cancelled during its commit: %v, %v; want it completed", done, err)
 	}
-	// The merge that had started ran to its end with its bookkeeping; the
-	// next operation finishes the delete, and e2 is intact.
 	if err := dom.Reconcile(ctx); err != nil {
 		t.Fatalf("reconcile after the cancelled delete: %v", err)
 	}

@@ -189,7 +189,13 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 		for i, dk := range c.disks {
 			ov[i] = qemu.Overlay{Node: dk.Node, File: overlays[i]}
 		}
-		if _, err := qemu.SnapExternal(ctx, d.mon, ov); err != nil {
+		// Once sent, the transaction's outcome matters whatever ctx does:
+		// a cancel that abandoned the reply would roll back overlays QEMU
+		// runs on.
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if _, err := qemu.SnapExternal(context.WithoutCancel(ctx), d.mon, ov); err != nil {
 			return err
 		}
 		snapped = true
@@ -220,6 +226,7 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 		return c.undoExternal(ctx, overlays, snapped, saved, takeErr)
 	}
 	c.op.pastNoReturn()
+	ctx = context.WithoutCancel(ctx)
 	for i := range s.Disks {
 		if fi, err := os.Stat(s.Disks[i].Overlay); err == nil {
 			s.Disks[i].Date = fi.ModTime()

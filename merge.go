@@ -216,7 +216,14 @@ func (d *Domain) runDiskMerge(ctx context.Context, r *store.Record, dp merge.Dis
 			return fmt.Errorf("remove merged image: %w", err)
 		}
 	}
-	return d.markDiskDeleted(ctx, r, dp.Index)
+	jobID := r.Labels[labelMergingJob+strconv.Itoa(dp.Index)]
+	if err := d.markDiskDeleted(ctx, r, dp.Index); err != nil {
+		return err
+	}
+	if jobID != "" && d.online() {
+		_ = qemu.Dismiss(ctx, d.mon, jobID)
+	}
+	return nil
 }
 
 // mergeChild merges dp.Child into dp.Frozen by the planned method.
@@ -247,7 +254,10 @@ func (d *Domain) mergeChild(ctx context.Context, dp merge.DiskPlan, jobID string
 	if top != "" {
 		args["top-node"] = top
 	}
-	return qemu.RunJob(ctx, d.mon, qemu.Job{ID: jobID, Command: "block-commit", Args: args, CompleteWhenReady: top == ""})
+	// The concluded job is kept in QEMU until the disk's bookkeeping is
+	// done: a rerun after a crash in between finds it, and knows the QEMU
+	// that merged still runs (see settleMergeJobs).
+	return qemu.RunJob(ctx, d.mon, qemu.Job{ID: jobID, Command: "block-commit", Args: args, CompleteWhenReady: top == "", Keep: true})
 }
 
 // dropStaleNodes removes from QEMU's graph the nodes still open on image

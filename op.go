@@ -46,8 +46,15 @@ type Progress struct {
 	// Phase is the current step.
 	Phase Phase
 	// Bytes and Total count the work of the current step where QEMU reports
-	// it (memory bytes written, job progress); both zero otherwise.
+	// it; both zero otherwise. For a memory state written to or read from a
+	// file they are bytes, Total being the guest's RAM (the save may end
+	// below it: QEMU does not write pages that are all zero). For QEMU's
+	// snapshot jobs (internal snapshots) QEMU reports only a fraction:
+	// FractionOnly is then true and only Bytes/Total means anything.
 	Bytes, Total uint64
+	// FractionOnly reports that Bytes and Total are QEMU's job progress
+	// units, not bytes.
+	FractionOnly bool
 	// Started is when the operation started.
 	Started time.Time
 	// Cancelable is true while Cancel can still stop the operation (it
@@ -147,6 +154,13 @@ func (o *Op[T]) setPhase(p Phase) {
 // if cancelled: Progress.Cancelable becomes false and the phase
 // PhaseCommitted. The engine calls it right after the step that cannot be
 // undone.
+// passedNoReturn reports whether pastNoReturn was called.
+func (o *Op[T]) passedNoReturn() bool {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.committed
+}
+
 func (o *Op[T]) pastNoReturn() {
 	o.mu.Lock()
 	if o.committed {
@@ -201,7 +215,14 @@ func (o *Op[T]) observe(ctx context.Context, d *Domain, opName, snapshot string)
 
 func (o *Op[T]) setBytes(done, total uint64) {
 	o.mu.Lock()
-	o.progress.Bytes, o.progress.Total = done, total
+	o.progress.Bytes, o.progress.Total, o.progress.FractionOnly = done, total, false
+	o.mu.Unlock()
+}
+
+// setFraction records progress QEMU reports in job units.
+func (o *Op[T]) setFraction(done, total uint64) {
+	o.mu.Lock()
+	o.progress.Bytes, o.progress.Total, o.progress.FractionOnly = done, total, true
 	o.mu.Unlock()
 }
 

@@ -158,6 +158,14 @@ func (d *Domain) revertRelaunch(ctx context.Context, op *Op[*DomainSnapshot], s 
 		}
 	}
 	op.setPhase(PhaseRelaunching)
+	if err := ctx.Err(); err != nil {
+		return nil, d.undoRelaunch(ctx, s.Name, &in, false, err)
+	}
+	// From the Stop on the revert owns the guest until it runs again: it
+	// is finished (or rolled back onto the previous disks) whatever ctx
+	// does.
+	op.pastNoReturn()
+	ctx = context.WithoutCancel(ctx)
 	d.emit(ctx, Event{Kind: EventGuestStopped})
 	if err := l.Stop(ctx, unwrapMonitor(d.mon)); err != nil {
 		// QEMU may or may not be gone: if it still answers, nothing

@@ -110,7 +110,10 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 	// our decision (snapshot-load resumes a guest that ran).
 	if st.Running {
 		op.setPhase(PhasePausing)
-		if err := qemu.Stop(ctx, d.mon); err != nil {
+		if err := ctx.Err(); err != nil {
+			return nil, errors.Join(err, d.setRevertIntent(ctx, s.Name, nil))
+		}
+		if err := qemu.Stop(context.WithoutCancel(ctx), d.mon); err != nil {
 			return nil, fmt.Errorf("stop guest: %w", err)
 		}
 		d.emit(ctx, Event{Kind: EventGuestStopped})
@@ -124,9 +127,10 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 			vmstate = ds.Node
 		}
 	}
-	err = d.vmstate.Load(ctx, qemu.LoadSpec{Tag: s.Name, VMStateNode: vmstate, Devices: snapshotNodes(s.Disks), KeepJobID: jobID, Progress: op.setBytes})
+	err = d.vmstate.Load(ctx, qemu.LoadSpec{Tag: s.Name, VMStateNode: vmstate, Devices: snapshotNodes(s.Disks), KeepJobID: jobID, Progress: op.setFraction})
 	if err == nil {
 		op.pastNoReturn()
+		ctx = context.WithoutCancel(ctx)
 	}
 	if errors.Is(err, ErrCanceled) {
 		// The load ran to its end before the cancel was seen: past the
@@ -212,20 +216,37 @@ func (d *Domain) reconcileRevert(ctx context.Context, r *store.Record) error {
 	want, was := r.Labels[labelRevertWant] == "true", r.Labels[labelRevertWas] == "true"
 	loaded := false
 	var failed error
+	unknown := true // whether the load happened cannot be told
 	if id := r.Labels[labelRevertJob]; id != "" {
 		j, err := qemu.WaitJob(ctx, d.mon, id)
 		switch {
 		case errors.Is(err, qemu.ErrNoJob):
-			// QEMU never started the load (or was restarted): nothing
-			// was loaded.
 		case err != nil:
 			return err
 		default:
+			unknown = false
 			loaded = j.Error == ""
 			if !loaded {
 				failed = j.Err()
 			}
 			_ = qemu.Dismiss(ctx, d.mon, id)
+		}
+	}
+	if unknown {
+		// No job tells (QEMU never started the load, was restarted in the
+		// middle of it, or the load was HMP's): the disks may hold
+		// different points in time. The revert is finished by loading the
+		// snapshot again, unless it had already been committed.
+		current, err := d.store.Current(ctx, d.uuid)
+		if err != nil {
+			return err
+		}
+		if current == r.Name {
+			loaded = true
+		} else if err := d.reload(ctx, fromRecord(r)); err != nil {
+			failed = err
+		} else {
+			loaded = true
 		}
 	}
 	running := was
@@ -253,4 +274,30 @@ func (d *Domain) markCurrent(ctx context.Context, s *DomainSnapshot) (*DomainSna
 	}
 	s.Current = true
 	return s, nil
+}
+
+// reload loads internal snapshot s into the running QEMU again (to finish
+// a revert whose outcome is unknown), the guest stopped meanwhile.
+func (d *Domain) reload(ctx context.Context, s *DomainSnapshot) error {
+	ctx = context.WithoutCancel(ctx)
+	disks, err := d.disks(ctx)
+	if err != nil {
+		return err
+	}
+	have := holding(disks, s.Disks, s.Name)
+	if len(have) != len(s.Disks) || len(have) == 0 {
+		return fmt.Errorf("%w: the disks no longer all hold the snapshot", ErrInconsistent)
+	}
+	vmstate := s.Memory.Node
+	for _, ds := range have {
+		if dk, ok := matchDisk(disks, ds); ok {
+			if sn, ok := dk.snapshot(s.Name); ok && sn.VMStateSize > 0 {
+				vmstate = dk.Node
+			}
+		}
+	}
+	if err := qemu.Stop(ctx, d.mon); err != nil {
+		return err
+	}
+	return d.vmstate.Load(ctx, qemu.LoadSpec{Tag: s.Name, VMStateNode: vmstate, Devices: snapshotNodes(have)})
 }

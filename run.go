@@ -34,6 +34,11 @@ func run[T any](ctx context.Context, d *Domain, opName, name string, body func(c
 		defer unlock()
 		rerr := d.reconcile(ctx, op.setPhase)
 		res, err := body(ctx, op, rerr)
+		if err != nil && ctx.Err() != nil && !op.passedNoReturn() && !errors.Is(err, ErrCanceled) {
+			// Cancelled before its point of no return, the operation
+			// rolled back: say so whatever step noticed the cancel.
+			err = fmt.Errorf("%w: %w", ErrCanceled, err)
+		}
 		if err != nil {
 			return res, d.wrap(opName, name, err)
 		}

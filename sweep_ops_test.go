@@ -32,56 +32,16 @@ import (
 // where a bug shows at most of them, which ones fail depends on timing.
 // Empty it as the bugs are fixed.
 var sweepKnownFailing = map[string]string{
-	"ext-create/cancel/t*":                     bugCancelError + "; " + bugCancelTransaction,
-	"ext-create/cancel/stop#1":                 bugCancelError,
-	"ext-live-create/cancel/t*":                bugCancelError,
-	"ext-live-create/cancel/stop#1":            bugCancelError,
-	"ext-delete-leaf/qemu/t*":                  bugNodeBusy,
-	"ext-delete-leaf/qemu/job-created#1":       bugNodeBusy,
-	"ext-delete-leaf/qemu/job-created#2":       bugNodeBusy,
-	"ext-delete-leaf/qemu/job-ready#1":         bugNodeBusy,
-	"ext-delete-leaf/qemu/job-ready#2":         bugNodeBusy,
-	"ext-delete-leaf/qemu/job-concluded#1":     bugNodeBusy,
-	"ext-delete-leaf/qemu/job-concluded#2":     bugNodeBusy,
-	"ext-delete-leaf/cancel/t*":                bugCancelDelete,
-	"ext-delete-leaf/cancel/job-created#1":     bugCancelDelete,
-	"ext-delete-leaf/cancel/job-created#2":     bugCancelDelete,
-	"ext-delete-leaf/cancel/job-ready#1":       bugCancelDelete,
-	"ext-delete-leaf/cancel/job-ready#2":       bugCancelDelete,
-	"ext-delete-leaf/cancel/job-concluded#1":   bugCancelDelete,
-	"ext-delete-leaf/cancel/job-concluded#2":   bugCancelDelete,
-	"ext-delete-middle/process/t*":             bugBackingRewritten,
-	"ext-delete-middle/qemu/t*":                bugBackingRewritten,
-	"ext-delete-middle/qemu/job-concluded#1":   bugBackingRewritten,
-	"ext-delete-middle/qemu/job-concluded#2":   bugBackingRewritten,
-	"ext-delete-middle/cancel/t*":              bugCancelDelete,
-	"ext-delete-middle/cancel/job-created#1":   bugCancelDelete,
-	"ext-delete-middle/cancel/job-created#2":   bugCancelDelete,
-	"ext-delete-middle/cancel/job-concluded#1": bugCancelDelete,
-	"ext-delete-middle/cancel/job-concluded#2": bugCancelDelete,
-	"ext-revert/cancel/t*":                     bugCancelError,
-	"int-create/cancel/t*":                     bugCancelCompleted,
-	"int-create/cancel/migrate-completed#1":    bugCancelCompleted,
-	"int-revert/cancel/stop#1":                 bugCancelError,
-	"int-revert/qemu/t*":                       bugHalfRevert,
-	"int-revert/qemu/job-created#1":            bugHalfRevert,
-	"int-delete/qemu/t*":                       bugDeleteCorrupt,
-	"int-delete/qemu/job-created#1":            bugDeleteCorrupt,
-	"int-delete/cancel/t*":                     bugCancelError,
-	"int-delete/cancel/job-created#1":          bugCancelError,
-	"int-delete/cancel/job-concluded#1":        bugCancelError,
+	"int-delete/qemu/t*":                     bugDeleteCorrupt,
+	"int-delete/qemu/job-created#1":          bugDeleteCorrupt,
+	"ext-delete-middle/qemu/job-concluded#1": bugRelinkRefused,
+	"ext-delete-middle/qemu/job-concluded#2": bugRelinkRefused,
 }
 
 // The engine bugs sweepKnownFailing names.
 const (
-	bugCancelError       = "a cancel that rolled back returns a raw error (qmp: stop: context canceled, qemu-img ...: signal: killed, context canceled) that does not wrap ErrCanceled"
-	bugCancelTransaction = "a cancel during the disk transaction of an external create removes the overlays QEMU already runs on"
-	bugCancelDelete      = "a cancelled external delete is neither rolled back nor completed: it returns context canceled and the next list finishes it"
-	bugCancelCompleted   = "a cancel after the internal snapshot was saved returns context canceled, yet the snapshot is committed"
-	bugNodeBusy          = "after QEMU restarted on overlays (launch.Exec) the resumed leaf delete leaves the overlay's node: the next external create fails with Node 'diskN-base' is busy"
-	bugBackingRewritten  = "QEMU (or the process, between the commit's end and its bookkeeping) killed after an intermediate commit concluded: the next list fails with 'an interrupted merge rewrote the backing link ... shut the domain off'"
-	bugHalfRevert        = "QEMU killed during snapshot-load: after the restart one disk is reverted and the other not, and nothing settles it"
-	bugDeleteCorrupt     = "QEMU killed during an internal snapshot delete: qemu-img check reports ERROR OFLAG_COPIED on the image afterwards, and nothing repairs it"
+	bugRelinkRefused = "QEMU killed right as an intermediate commit concluded, restarted on the relinked images: the resumed delete refuses (safely, saying what to run) to trust the frozen image while QEMU holds the relinked image, instead of finishing"
+	bugDeleteCorrupt = "QEMU killed during an internal snapshot delete: qemu-img check reports ERROR OFLAG_COPIED on the image afterwards, and nothing repairs it"
 )
 
 // knownFailing returns the reason key is on sweepKnownFailing; with

@@ -628,8 +628,9 @@ type sweepCheck struct {
 	sameQEMU bool
 }
 
-// checkSettled runs the next operation (List) on dom and checks that
-// everything is settled: no problems, the guest runs, every listed
+// checkSettled runs the next operation on dom (an explicit Reconcile, as
+// every mutating operation does first; List only reads) and checks with
+// List that everything is settled: no problems, the guest runs, every listed
 // snapshot is in the images, no file that nothing names, qemu-img check
 // passes, the data written before the operation reads back, and another
 // create and delete work. It returns the names of what a revert did:
@@ -637,9 +638,12 @@ type sweepCheck struct {
 func (e *sweepEnv) checkSettled(ctx context.Context, dom *vmsnap.Domain, chk sweepCheck) string {
 	t := e.t
 	t.Helper()
+	if err := dom.Reconcile(ctx); err != nil {
+		t.Fatalf("the next operation (reconcile) failed: %v", err)
+	}
 	l, err := dom.List(ctx, 0).Wait(ctx)
 	if err != nil {
-		t.Fatalf("the next operation (list) failed: %v", err)
+		t.Fatalf("list after reconcile failed: %v", err)
 	}
 	for _, s := range l.Snapshots {
 		if len(s.Problems) > 0 {
@@ -794,7 +798,7 @@ func (e *sweepEnv) checkFilesNamed(ctx context.Context) {
 	for _, ent := range ents {
 		n := ent.Name()
 		p := filepath.Join(e.storeDir, e.uuid, n)
-		meta := n == ".lock" || n == "current.xl" || (strings.HasPrefix(n, "snapshotdata-") && strings.HasSuffix(n, ".xl"))
+		meta := n == ".lock" || n == "current.xl" || n == ".owner-key" || (strings.HasPrefix(n, "snapshotdata-") && strings.HasSuffix(n, ".xl"))
 		if !meta && !named[p] {
 			t.Errorf("file %s in the store is named by no record", p)
 		}
