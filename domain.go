@@ -23,8 +23,8 @@ type Options struct {
 	// read from QEMU with query-uuid; a QEMU started without -uuid reports
 	// the nil UUID, and Open then fails asking for one.
 	UUID string
-	// Store keeps the snapshot metadata. Nil means a file store at
-	// store.DefaultRoot.
+	// Store keeps the snapshot metadata; it is required (for the xl
+	// layout: store.NewFileStore(store.DefaultRoot)).
 	Store store.Store
 	// Config is recorded with every snapshot unless CreateSpec.Config
 	// overrides it: the domain's configuration, opaque to vmsnap.
@@ -46,6 +46,18 @@ type Options struct {
 	// NoBackgroundSnapshot makes Live snapshots use pre-copy even where
 	// QEMU and the host support background-snapshot.
 	NoBackgroundSnapshot bool
+	// ManagedChainChanges allows external snapshots of a domain whose QEMU
+	// a manager runs from its own configuration (recognised: a go-qemu
+	// LibvirtRPCMonitor wrapped with qmp.FromGoQEMU). An external snapshot
+	// puts new overlays on top of the disks; libvirt does not learn of them
+	// and restarts the domain on the frozen images, so the guest's later
+	// writes land in the snapshot (List then reports
+	// ProblemFrozenInUse). A libvirt driver that sets this keeps libvirt's
+	// view in step: after each external create or revert it updates the
+	// domain's disk sources to the new top images (Domain.Disks) in the
+	// persistent definition, or takes external snapshots through
+	// libvirt's own snapshot API instead.
+	ManagedChainChanges bool
 	// StateSaver writes and loads the memory state of full external
 	// snapshots; nil means a QEMU migration to a passed descriptor (see
 	// StateSaver).
@@ -167,11 +179,8 @@ func newDomain(mon qmp.Monitor, uuid string, opts Options) (*Domain, error) {
 	}
 	st := opts.Store
 	if st == nil {
-		fs, err := store.NewFileStore(store.DefaultRoot)
-		if err != nil {
-			return nil, &Error{Op: "open", Domain: uuid, Err: err}
-		}
-		st = fs
+		// No silent default: the xl layout's root is one explicit call.
+		return nil, &Error{Op: "open", Domain: uuid, Err: fmt.Errorf("%w: Options.Store is nil; give the store to keep snapshot records in, e.g. store.NewFileStore(store.DefaultRoot) for the xl layout", ErrInvalidSpec)}
 	}
 	if opts.QemuImg == "" {
 		opts.QemuImg = qemuimg.DefaultBinary

@@ -70,3 +70,11 @@ func TestDefaultNamesDoNotCollide(t *testing.T) {
 	}
 	f.agree(t)
 }
+
+// A nil Store is refused: no silent default directory.
+func TestNilStoreRefused(t *testing.T) {
+	_, err := vmsnap.OpenOffline(testCtx(t), fakeUUID, vmsnap.Options{Disks: []vmsnap.OfflineDisk{{Device: "d0", File: "/nonexistent.qcow2"}}})
+	if !errors.Is(err, vmsnap.ErrInvalidSpec) {
+		t.Fatalf("open without a store: %v, want ErrInvalidSpec", err)
+	}
+}

@@ -26,6 +26,9 @@ type env struct {
 	fds bool
 	// saver: the caller supplied a StateSaver, which needs no descriptors.
 	saver bool
+	// managed: a manager (libvirt) runs QEMU from its own configuration,
+	// and the caller did not allow changing the disk chain behind it.
+	managed bool
 	// memoryDir: there is a place for external memory files.
 	memoryDir bool
 	// launcher: Options.Launcher is set.
@@ -48,6 +51,7 @@ func (d *Domain) env() env {
 	}
 	if e.online {
 		e.jobs = d.vmstate != nil && d.vmstate.Backend() == qemu.BackendJobs
+		e.managed = qmp.ManagedByLibvirt(unwrapMonitor(d.mon)) && !d.opts.ManagedChainChanges
 		_, e.fds = d.mon.(qmp.FileSender)
 	}
 	return e
@@ -144,6 +148,8 @@ func planCreate(flags CreateFlags, e env) (createPlan, error) {
 		return p, fmt.Errorf("%w: Quiesce goes with DiskOnly (a memory state taken while frozen would revert into a frozen guest)", ErrInvalidFlags)
 	case !e.online && !diskOnly:
 		return p, fmt.Errorf("%w: a shut-off domain has no memory to save; use DiskOnly", ErrUnsupported)
+	case external && e.managed:
+		return p, fmt.Errorf("%w: libvirt runs this domain from its own configuration and would restart it on the frozen images, without the overlays an external snapshot adds; set Options.ManagedChainChanges once the driver keeps libvirt's disk sources in step", ErrUnsupported)
 	case !e.online && (external || p.quiesce || p.halt):
 		return p, fmt.Errorf("%w: %s needs a running domain", ErrUnsupported, flags&(External|Quiesce|Halt))
 	case p.quiesce && !e.agent:

@@ -9,7 +9,10 @@ import (
 	"strings"
 	"testing"
 
+	goqemuqmp "github.com/digitalocean/go-qemu/qmp"
 	"github.com/google/go-cmp/cmp"
+
+	"github.com/vmsnap/vmsnap/qmp"
 )
 
 var updatePlan = flag.Bool("update-plan", false, "rewrite testdata/plan.golden from the planner")
@@ -17,9 +20,9 @@ var updatePlan = flag.Bool("update-plan", false, "rewrite testdata/plan.golden f
 // envs returns every combination of what a domain can offer.
 func envs() []env {
 	var out []env
-	for i := 0; i < 1<<7; i++ {
-		e := env{online: i&1 != 0, jobs: i&2 != 0, fds: i&4 != 0, memoryDir: i&8 != 0, launcher: i&16 != 0, agent: i&32 != 0, saver: i&64 != 0}
-		if !e.online && (e.jobs || e.fds) {
+	for i := 0; i < 1<<8; i++ {
+		e := env{online: i&1 != 0, jobs: i&2 != 0, fds: i&4 != 0, memoryDir: i&8 != 0, launcher: i&16 != 0, agent: i&32 != 0, saver: i&64 != 0, managed: i&128 != 0}
+		if !e.online && (e.jobs || e.fds || e.managed) {
 			continue // only a running QEMU has jobs or a monitor
 		}
 		out = append(out, e)
@@ -32,7 +35,7 @@ func (e env) String() string {
 	for _, f := range []struct {
 		set  bool
 		name string
-	}{{e.online, "online"}, {e.jobs, "jobs"}, {e.fds, "fds"}, {e.memoryDir, "memdir"}, {e.launcher, "launcher"}, {e.agent, "agent"}, {e.saver, "saver"}} {
+	}{{e.online, "online"}, {e.jobs, "jobs"}, {e.fds, "fds"}, {e.memoryDir, "memdir"}, {e.launcher, "launcher"}, {e.agent, "agent"}, {e.saver, "saver"}, {e.managed, "managed"}} {
 		if f.set {
 			parts = append(parts, f.name)
 		}
@@ -154,6 +157,9 @@ func checkCreateInvariants(t *testing.T, f CreateFlags, e env, p createPlan, err
 	if !p.record && p.kind.external() {
 		fail("an external snapshot without a record")
 	}
+	if p.kind.external() && e.managed {
+		fail("an external snapshot behind libvirt's back")
+	}
 }
 
 func checkRevertInvariants(t *testing.T, k kind, f RevertFlags, e env, p revertPlan, err error) {
@@ -252,5 +258,26 @@ func TestPlanUnknownFlags(t *testing.T) {
 	}
 	if _, err := planDelete(kindInternalFull, DeleteFlags(1<<20), e); !errors.Is(err, ErrInvalidFlags) {
 		t.Errorf("delete: %v", err)
+	}
+}
+
+// A domain reached through libvirt (go-qemu's LibvirtRPCMonitor) is
+// recognised, and external snapshots of it are refused unless the caller
+// says it keeps libvirt's disk sources in step.
+func TestPlanManagedByLibvirt(t *testing.T) {
+	mon := qmp.FromGoQEMU(goqemuqmp.NewLibvirtRPCMonitor("vm1", nil))
+	d := &Domain{mon: mon}
+	if !d.env().managed {
+		t.Fatal("a libvirt RPC monitor is not taken for a managed domain")
+	}
+	if _, err := planCreate(External|DiskOnly, d.env()); !errors.Is(err, ErrUnsupported) {
+		t.Errorf("external create behind libvirt: %v, want ErrUnsupported", err)
+	}
+	if _, err := planCreate(DiskOnly, d.env()); err != nil {
+		t.Errorf("internal disk-only create behind libvirt: %v", err)
+	}
+	d.opts.ManagedChainChanges = true
+	if d.env().managed {
+		t.Error("ManagedChainChanges did not allow chain changes")
 	}
 }
