@@ -24,7 +24,9 @@ import (
 // assigns, "1", "2", …, as go-qemu's decoders expect), events go to every
 // subscriber's own queue. Requests are written whole, one at a time. A
 // Client is safe for concurrent use; it implements Monitor, FileSender (on
-// unix sockets) and go-qemu's qmp.Monitor.
+// unix sockets) and go-qemu's qmp.Monitor. To let several libraries (go-qemu
+// and vmsnap, say) use one connection, each closing only its own share, give
+// each a view from Share.
 //
 // Lines of any length are accepted. QEMU must not be configured with
 // pretty=on for the monitor (replies are read one line at a time).
@@ -52,6 +54,9 @@ type Client struct {
 
 	subsMu sync.Mutex
 	subs   map[*eventQueue]struct{}
+
+	viewsMu sync.Mutex
+	views   int // Shared views not yet closed; see Share
 
 	closing    chan struct{} // closed by Close
 	closeOnce  sync.Once
@@ -245,7 +250,7 @@ func (c *Client) Greeting() Greeting {
 // Execute runs command with args and decodes its "return" value into result;
 // see Monitor.Execute.
 func (c *Client) Execute(ctx context.Context, command string, args, result any) error {
-	return c.execute(ctx, command, args, result, nil)
+	return c.execute(ctx, nil, command, args, result, nil)
 }
 
 // ExecuteWithFiles is Execute with files passed alongside the command
@@ -254,16 +259,26 @@ func (c *Client) Execute(ctx context.Context, command string, args, result any) 
 // not connected over a unix socket. The caller keeps ownership of files;
 // QEMU receives duplicates.
 func (c *Client) ExecuteWithFiles(ctx context.Context, command string, args, result any, files ...*os.File) error {
+	return c.executeWithFiles(ctx, nil, command, args, result, files)
+}
+
+// executeWithFiles is ExecuteWithFiles for the client or one of its Shared
+// views (viewDone: see execute).
+func (c *Client) executeWithFiles(ctx context.Context, viewDone <-chan struct{}, command string, args, result any, files []*os.File) error {
 	if c.unix == nil {
 		return fmt.Errorf("qmp: %s: %w (connected to %s)", command, ErrNoFileSupport, c.addr)
 	}
 	if files == nil {
 		files = []*os.File{}
 	}
-	return c.execute(ctx, command, args, result, files)
+	return c.execute(ctx, viewDone, command, args, result, files)
 }
 
-func (c *Client) execute(ctx context.Context, command string, args, result any, files []*os.File) error {
+// execute sends one command and waits for its reply. viewDone is nil for
+// the client's own calls; for a Shared view's it is closed when the view is
+// closed, which abandons the call unless its request is being written (a
+// partial write would break the connection for the other views).
+func (c *Client) execute(ctx context.Context, viewDone <-chan struct{}, command string, args, result any, files []*os.File) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("qmp: %s: %w", command, err)
 	}
@@ -304,7 +319,7 @@ func (c *Client) execute(ctx context.Context, command string, args, result any, 
 	b = appendID(b, id)
 	cl.buf = append(b, "}\n"...)
 
-	r, err := c.await(ctx, command, id, cl, files)
+	r, err := c.await(ctx, viewDone, command, id, cl, files)
 	if err != nil {
 		return err
 	}
@@ -352,16 +367,16 @@ func (c *Client) register(command string, cl *call) (uint64, error) {
 }
 
 // await writes cl.buf (a registered request) and waits for its reply. files
-// non-nil means pass them with SCM_RIGHTS.
-func (c *Client) await(ctx context.Context, command string, id uint64, cl *call, files []*os.File) (reply, error) {
-	if err := c.write(ctx, cl.buf, files); err != nil {
+// non-nil means pass them with SCM_RIGHTS. viewDone: see execute.
+func (c *Client) await(ctx context.Context, viewDone <-chan struct{}, command string, id uint64, cl *call, files []*os.File) (reply, error) {
+	if err := c.write(ctx, viewDone, cl.buf, files); err != nil {
 		if c.forget(id) {
 			c.putCall(cl)
 		}
 		return reply{}, fmt.Errorf("qmp: %s: %w", command, err)
 	}
 	var r reply
-	if done := ctx.Done(); done == nil {
+	if done := ctx.Done(); done == nil && viewDone == nil {
 		r = <-cl.ch
 	} else {
 		select {
@@ -371,6 +386,11 @@ func (c *Client) await(ctx context.Context, command string, id uint64, cl *call,
 				c.putCall(cl)
 			} // else the reader owns a reply to it: leave it to the GC
 			return reply{}, fmt.Errorf("qmp: %s: %w", command, ctx.Err())
+		case <-viewDone:
+			if c.forget(id) {
+				c.putCall(cl)
+			}
+			return reply{}, fmt.Errorf("qmp: %s: %w", command, errViewClosed)
 		}
 	}
 	c.putCall(cl)
@@ -395,8 +415,9 @@ var aLongTimeAgo = time.Unix(1, 0)
 
 // write sends msg whole. When ctx ends while the write is blocked and nothing
 // has been written, the write is abandoned; a partial write corrupts the
-// stream, so the connection is then shut down.
-func (c *Client) write(ctx context.Context, msg []byte, files []*os.File) error {
+// stream, so the connection is then shut down. viewDone (see execute)
+// abandons only a write still waiting for its turn.
+func (c *Client) write(ctx context.Context, viewDone <-chan struct{}, msg []byte, files []*os.File) error {
 	select {
 	case c.writeSem <- struct{}{}:
 	default:
@@ -404,6 +425,8 @@ func (c *Client) write(ctx context.Context, msg []byte, files []*os.File) error 
 		case c.writeSem <- struct{}{}:
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-viewDone:
+			return errViewClosed
 		case <-c.readerDone:
 			return c.connErr()
 		}
@@ -657,6 +680,12 @@ func (c *Client) shutdown(cause error) {
 // still delivered before the channel is closed; after Close (or when ctx
 // ends) the channel is closed at once.
 func (c *Client) Subscribe(ctx context.Context) (<-chan Event, error) {
+	return c.subscribe(ctx, nil)
+}
+
+// subscribe is Subscribe for the client or for one of its Shared views:
+// the channel also closes when viewDone (nil for the client) is closed.
+func (c *Client) subscribe(ctx context.Context, viewDone <-chan struct{}) (<-chan Event, error) {
 	if err := c.connErr(); err != nil {
 		return nil, fmt.Errorf("qmp: subscribe: %w", err)
 	}
@@ -669,7 +698,7 @@ func (c *Client) Subscribe(ctx context.Context) (<-chan Event, error) {
 	if c.connErr() != nil {
 		q.finish()
 	}
-	go q.run(ctx, c.closing, func() {
+	go q.run(ctx, c.closing, viewDone, func() {
 		c.subsMu.Lock()
 		delete(c.subs, q)
 		c.subsMu.Unlock()

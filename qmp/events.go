@@ -62,10 +62,10 @@ func (q *eventQueue) next() (ev Event, ok, ended bool) {
 	return ev, true, q.ended
 }
 
-// run delivers queued events to q.out until ctx ends, stop is closed, or the
-// source ended and the queue is drained; then it calls release and closes
-// q.out.
-func (q *eventQueue) run(ctx context.Context, stop <-chan struct{}, release func()) {
+// run delivers queued events to q.out until ctx ends, stop or viewDone is
+// closed (viewDone may be nil), or the source ended and the queue is
+// drained; then it calls release and closes q.out.
+func (q *eventQueue) run(ctx context.Context, stop, viewDone <-chan struct{}, release func()) {
 	defer close(q.out)
 	defer release()
 	for {
@@ -81,6 +81,8 @@ func (q *eventQueue) run(ctx context.Context, stop <-chan struct{}, release func
 				return
 			case <-stop:
 				return
+			case <-viewDone:
+				return
 			}
 		}
 		select {
@@ -88,6 +90,8 @@ func (q *eventQueue) run(ctx context.Context, stop <-chan struct{}, release func
 		case <-ctx.Done():
 			return
 		case <-stop:
+			return
+		case <-viewDone:
 			return
 		}
 	}

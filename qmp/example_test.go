@@ -6,6 +6,9 @@ import (
 	"log"
 	"time"
 
+	"github.com/digitalocean/go-qemu/qemu"
+	goqemuqmp "github.com/digitalocean/go-qemu/qmp"
+
 	"github.com/vmsnap/vmsnap/qmp"
 )
 
@@ -44,4 +47,42 @@ func ExampleDial() {
 		log.Fatal(err)
 	}
 	fmt.Println("state:", st.State)
+}
+
+// Share one QMP connection between go-qemu's qemu.Domain and code written
+// against this package's Monitor (vmsnap.Open takes one): each gets a view
+// of its own, every event reaches both, and closing one leaves the other
+// working. The connection closes with the last view.
+func ExampleClient_Share() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := qmp.Dial(ctx, "unix:/run/vm1.qmp")
+	if err != nil {
+		log.Fatal(err)
+	}
+	goView, ourView := c.Share(), c.Share()
+	defer ourView.Close()
+
+	d, err := qemu.NewDomain(goView, "vm1") // go-qemu's Monitor
+	if err != nil {
+		log.Fatal(err)
+	}
+	goEvents, _, err := d.Events()
+	if err != nil {
+		log.Fatal(err)
+	}
+	ourEvents, err := ourView.Subscribe(ctx) // this package's Monitor
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	if _, err := d.Run(goqemuqmp.Command{Execute: "stop"}); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println((<-goEvents).Event, (<-ourEvents).Name) // each sees the STOP
+
+	d.Close() // releases goView only
+	if err := ourView.Execute(ctx, "cont", nil, nil); err != nil {
+		log.Fatal(err)
+	}
 }

@@ -46,6 +46,12 @@ func (c *Client) Disconnect() error {
 // (replacing any the caller set), so the reply carries the client's id. A
 // QEMU error reply is returned as *Error together with the raw reply.
 func (c *Client) Run(cmd []byte) ([]byte, error) {
+	return c.run(nil, cmd)
+}
+
+// run is Run for the client or one of its Shared views (viewDone: see
+// execute).
+func (c *Client) run(viewDone <-chan struct{}, cmd []byte) ([]byte, error) {
 	var req map[string]json.RawMessage
 	if err := json.Unmarshal(cmd, &req); err != nil {
 		return nil, fmt.Errorf("qmp: run: request is not a JSON object: %w", err)
@@ -77,7 +83,7 @@ func (c *Client) Run(cmd []byte) ([]byte, error) {
 		b = append(b, rest...)
 	}
 	cl.buf = append(b, '\n')
-	r, err := c.await(context.Background(), command, id, cl, nil)
+	r, err := c.await(context.Background(), viewDone, command, id, cl, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +97,13 @@ func (c *Client) Run(cmd []byte) ([]byte, error) {
 // every call returns a channel of its own with its own queue; it is closed
 // when ctx ends or the client is closed.
 func (c *Client) Events(ctx context.Context) (<-chan goqemuqmp.Event, error) {
-	in, err := c.Subscribe(ctx)
+	return c.events(ctx, nil)
+}
+
+// events is Events for the client or for one of its Shared views: the
+// channel also closes when viewDone (nil for the client) is closed.
+func (c *Client) events(ctx context.Context, viewDone <-chan struct{}) (<-chan goqemuqmp.Event, error) {
+	in, err := c.subscribe(ctx, viewDone)
 	if err != nil {
 		return nil, err
 	}
@@ -107,6 +119,8 @@ func (c *Client) Events(ctx context.Context) (<-chan goqemuqmp.Event, error) {
 				return
 			case <-c.closing:
 				return // in closes promptly once the client is closed
+			case <-viewDone:
+				return // likewise once the view is closed
 			}
 		}
 	}()
@@ -383,7 +397,7 @@ func (g *goQEMUMonitor) Subscribe(ctx context.Context) (<-chan Event, error) {
 	} else {
 		g.subs[q] = struct{}{}
 	}
-	go q.run(ctx, g.closing, func() {
+	go q.run(ctx, g.closing, nil, func() {
 		g.mu.Lock()
 		delete(g.subs, q)
 		g.mu.Unlock()

@@ -4,7 +4,10 @@
 // context-aware command call, event subscriptions and Close. Client is the
 // unix/tcp socket implementation; FromGoQEMU wraps any
 // github.com/digitalocean/go-qemu qmp.Monitor so toolstacks that already use
-// go-qemu (including its libvirt-RPC monitor) can plug in.
+// go-qemu (including its libvirt-RPC monitor) can plug in. In the other
+// direction a Client is also a go-qemu monitor, and Client.Share gives go-qemu
+// and vmsnap views of one connection that each receive every event and close
+// independently.
 package qmp
 
 import (
