@@ -74,9 +74,12 @@ func hasTag(t *testing.T, vm *qemutest.VM, tag string) (all, any bool) {
 	return all, any
 }
 
+// listing runs the next operation on dom (Reconcile, as every mutating
+// operation does first; List only reads) and lists.
 func listing(t *testing.T, dom *vmsnap.Domain) *vmsnap.Listing {
 	t.Helper()
 	ctx := testContext(t)
+	must(t, dom.Reconcile(ctx))
 	l, err := dom.List(ctx, 0).Wait(ctx)
 	must(t, err)
 	return l
