@@ -46,6 +46,15 @@ type Options struct {
 	// NoBackgroundSnapshot makes Live snapshots use pre-copy even where
 	// QEMU and the host support background-snapshot.
 	NoBackgroundSnapshot bool
+	// MappedRAM writes the memory state of stopped and pre-copy saves in
+	// QEMU ≥ 9.0's mapped-ram format (multifd, O_DIRECT) where QEMU has it:
+	// restored about 3.7 times faster than a stream here, and a live
+	// pre-copy file never grows past the RAM size. Off by default: QEMU
+	// 10.0.2 crashed in about one of five cancelled mapped-ram saves
+	// (Op.Cancel, or settling a save a crash interrupted). The format is
+	// recorded; a revert on a QEMU that cannot read it is refused before
+	// anything is stopped.
+	MappedRAM bool
 	// ManagedChainChanges allows external snapshots of a domain whose QEMU
 	// a manager runs from its own configuration (recognised: a go-qemu
 	// LibvirtRPCMonitor wrapped with qmp.FromGoQEMU). An external snapshot

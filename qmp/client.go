@@ -150,6 +150,11 @@ func Dial(ctx context.Context, addr string) (*Client, error) {
 
 	if err := c.Execute(ctx, "qmp_capabilities", nil, nil); err != nil {
 		c.Close()
+		if ctx.Err() != nil {
+			// Greeted, but QEMU did not answer in time: it is busy
+			// serving something else (another client, a long command).
+			return nil, fmt.Errorf("qmp: dial %s: qmp_capabilities: %w: %w", addr, ErrMonitorInUse, err)
+		}
 		return nil, fmt.Errorf("qmp: dial %s: %w", addr, err)
 	}
 	return c, nil

@@ -176,7 +176,7 @@ func TestXlsnapEtcd(t *testing.T) {
 	// External: the memory file goes under --memory-dir; the revert
 	// restarts QEMU and its output goes to qemu.log there.
 	xlOK(t, bin, cmd("snapshot-create", "-n", "x1", "--external", sock)...)
-	memFiles, _ := filepath.Glob(filepath.Join(memDir, vm.UUID, "*"))
+	memFiles, _ := filepath.Glob(filepath.Join(memDir, vm.UUID, "*.save"))
 	if len(memFiles) != 1 {
 		t.Errorf("files under --memory-dir after the external create: %q", memFiles)
 	}
