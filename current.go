@@ -256,7 +256,7 @@ func (d *Domain) finishRename(ctx context.Context, nr *store.Record) error {
 		return err
 	}
 	recs, err := d.store.List(ctx, d.uuid)
-	if err != nil && !onlyRecordErrors(err) {
+	if err != nil && !store.OnlyRecordErrors(err) {
 		return err
 	}
 	for _, r := range recs {

@@ -166,7 +166,7 @@ func (d *Domain) list(ctx context.Context, op *Op[*Listing], flags ListFlags) (*
 	l := &Listing{}
 	if listErr != nil {
 		bad := store.RecordErrors(listErr)
-		if !onlyRecordErrors(listErr) {
+		if !store.OnlyRecordErrors(listErr) {
 			return nil, listErr
 		}
 		for _, e := range bad {
@@ -226,32 +226,6 @@ func (d *Domain) list(ctx context.Context, op *Op[*Listing], flags ListFlags) (*
 		l.Untracked = append(l.Untracked, Untracked{Name: t, Disks: byTag[t]})
 	}
 	return l, nil
-}
-
-// onlyRecordErrors reports whether err, a Store.List error, is made of
-// *store.RecordError values only: it concerns single records, not the
-// domain as a whole.
-func onlyRecordErrors(err error) bool {
-	switch e := err.(type) {
-	case nil:
-		return false
-	case *store.RecordError:
-		return true
-	case interface{ Unwrap() []error }:
-		bs := e.Unwrap()
-		if len(bs) == 0 {
-			return false
-		}
-		for _, b := range bs {
-			if b != nil && !onlyRecordErrors(b) {
-				return false
-			}
-		}
-		return true
-	case interface{ Unwrap() error }:
-		return onlyRecordErrors(e.Unwrap())
-	}
-	return false
 }
 
 // checkAgainstQEMU adds a problem for every disk that no longer holds the

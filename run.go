@@ -92,7 +92,7 @@ func cleanupContext(ctx context.Context, step cleanupStep) (context.Context, con
 // shows it. Any other failure of the store is returned.
 func (d *Domain) records(ctx context.Context) ([]*store.Record, error) {
 	recs, err := d.store.List(ctx, d.uuid)
-	if err != nil && !onlyRecordErrors(err) {
+	if err != nil && !store.OnlyRecordErrors(err) {
 		return recs, err
 	}
 	return recs, nil

@@ -133,9 +133,12 @@ func RecordErrors(err error) []*RecordError {
 	return out
 }
 
-// onlyRecordErrors reports whether err is made of *RecordError values only
+// OnlyRecordErrors reports whether err is made of *RecordError values only
 // (possibly wrapped and joined): a List error that concerns single records,
-// not the domain as a whole.
+// not the domain as a whole, so the records List returned with it can be
+// used.
+func OnlyRecordErrors(err error) bool { return onlyRecordErrors(err) }
+
 func onlyRecordErrors(err error) bool {
 	switch e := err.(type) {
 	case nil:
