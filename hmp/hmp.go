@@ -21,7 +21,8 @@ import (
 // Sentinel errors, wrapped by *Error or returned wrapped with context.
 var (
 	// ErrSnapshotNotFound means no snapshot has the requested tag on every
-	// disk (HMP: "Snapshot 'x' does not exist in one or more devices").
+	// disk (HMP: "Snapshot 'x' does not exist in one or more devices"; QEMU
+	// 5.2: "Device 'd' does not have the requested snapshot 'x'").
 	ErrSnapshotNotFound = errors.New("hmp: snapshot not found")
 	// ErrDiskOnlySnapshot means loadvm was asked for a snapshot without
 	// VM state; such a snapshot can only be reverted offline.
@@ -69,8 +70,8 @@ func prefix(p string) func(string) bool {
 	return func(l string) bool { return strings.HasPrefix(l, p) }
 }
 
-// failures lists the failure outputs of QEMU 7.2's HMP, most specific
-// first, each matched against the start of a line (output lines of
+// failures lists the failure outputs of QEMU's HMP (5.2 to 10.0), most
+// specific first, each matched against the start of a line (output lines of
 // info snapshots start with an ID column, so a snapshot's tag cannot fake
 // a failure). The messages are QEMU's; the ones without "Error: " come
 // from commands that print errors directly (info snapshots) and from HMP's
@@ -78,6 +79,10 @@ func prefix(p string) func(string) bool {
 var failures = []failure{
 	{func(l string) bool {
 		return strings.HasPrefix(l, "Error: Snapshot '") && strings.Contains(l, "' does not exist")
+	}, ErrSnapshotNotFound},
+	{func(l string) bool { // QEMU 5.2's loadvm
+		l = strings.TrimPrefix(l, "Error: ")
+		return strings.HasPrefix(l, "Device '") && strings.Contains(l, "' does not have the requested snapshot '")
 	}, ErrSnapshotNotFound},
 	{func(l string) bool {
 		return strings.HasPrefix(l, "Error: ") && strings.Contains(l, "disk-only snapshot")

@@ -72,7 +72,8 @@ func (f *fakeMonitor) recorded() []string {
 	return append([]string(nil), f.calls...)
 }
 
-// Outputs captured from QEMU 7.2's HMP through human-monitor-command.
+// Outputs captured from QEMU 7.2's HMP through human-monitor-command
+// (5.2's and 10.0's where they say so).
 func TestRunClassifiesOutput(t *testing.T) {
 	tests := []struct {
 		name    string
@@ -96,6 +97,23 @@ func TestRunClassifiesOutput(t *testing.T) {
 			name: "loadvm missing", cmdline: "loadvm nope",
 			output:  "Error: Snapshot 'nope' does not exist in one or more devices\r\n",
 			wantErr: true, want: ErrSnapshotNotFound,
+		},
+		{
+			name: "qemu 5.2 loadvm missing", cmdline: "loadvm nope",
+			output:  "Error: Device 'disk0' does not have the requested snapshot 'nope'\r\n",
+			wantErr: true, want: ErrSnapshotNotFound,
+		},
+		{
+			name: "qemu 5.2 loadvm partial", cmdline: "loadvm only1",
+			output:  "Error: Device 'disk1' does not have the requested snapshot 'only1'\r\n",
+			wantErr: true, want: ErrSnapshotNotFound,
+		},
+		{name: "qemu 10.0 snapshot table", cmdline: "info snapshots", output: readTestdata(t, "qemu10-odd-tags.txt")},
+		{
+			name: "qemu 10.0 tags that look like errors", cmdline: "info snapshots",
+			output: "List of snapshots present on all disks:\r\nID      TAG               VM_SIZE                DATE        VM_CLOCK     ICOUNT\r\n" +
+				"--      Error:            716 KiB 2026-12-01 01:51:15  0000:00:00.520         --\r\n" +
+				"--      unknown           716 KiB 2026-12-01 01:51:15  0000:00:00.520         --\r\n",
 		},
 		{
 			name: "loadvm disk-only", cmdline: "loadvm donly",
@@ -229,6 +247,7 @@ func TestParseSnapshots(t *testing.T) {
 	}
 	partial := func(s Snapshot) Snapshot { s.Partial = true; return s }
 	withICount := func(s Snapshot, n int64) Snapshot { s.ICount = n; return s }
+	onDevice := func(s Snapshot, dev string) Snapshot { s.Device = dev; return s }
 	long1 := strings.Repeat("0123456789", 25) + "01234"
 	long2 := strings.Repeat("0123456789", 12) + "abcdefghij"
 
@@ -269,6 +288,43 @@ func TestParseSnapshots(t *testing.T) {
 		}},
 		{"icount.txt", []Snapshot{
 			withICount(snap("", "ic", 3732931, "2026-11-26 07:25:36", "0:00:00.056"), 55646168),
+		}},
+		{"qemu10-none.txt", []Snapshot{}},
+		{"qemu10-one.txt", []Snapshot{snap("", "s1", 716<<10, "2026-12-01 01:51:15", "0:00:00.520")}},
+		{"qemu10-odd-tags.txt", []Snapshot{
+			snap("", "s1", 716<<10, "2026-12-01 01:51:15", "0:00:00.520"),
+			snap("", "a;quit", 716<<10, "2026-12-01 01:51:15", "0:00:00.522"),
+			snap("", "-h", 716<<10, "2026-12-01 01:51:15", "0:00:00.522"),
+			snap("", "1", 716<<10, "2026-12-01 01:51:15", "0:00:00.522"),
+			snap("", long1, 716<<10, "2026-12-01 01:51:15", "0:00:00.522"),
+			snap("", long2, 716<<10, "2026-12-01 01:51:15", "0:00:00.522"),
+			snap("", "donly", 0, "2026-12-01 01:51:15", "0:00:00.522"),
+			partial(snap("7", "only1", 0, "2026-12-01 01:51:15", "0:00:00.522")),
+		}},
+		{"qemu10-partial-drives.txt", []Snapshot{
+			snap("", "s1", 716<<10, "2026-12-01 01:51:32", "0:00:01.066"),
+			onDevice(partial(snap("2", "only0", 0, "2026-12-01 01:51:32", "0:00:01.068")), "disk0"),
+			onDevice(partial(snap("2", "only1", 0, "2026-12-01 01:51:32", "0:00:01.092")), "disk1"),
+		}},
+		{"qemu10-icount.txt", []Snapshot{
+			withICount(snap("", "s1", 717<<10, "2026-12-01 01:51:44", "0:00:00.824"), 7707238),
+			onDevice(partial(withICount(snap("2", "only0", 0, "2026-12-01 01:51:44", "0:00:00.835"), 7707238)), "disk0"),
+			onDevice(partial(withICount(snap("2", "only1", 0, "2026-12-01 01:51:44", "0:00:00.835"), 7707238)), "disk1"),
+		}},
+		{"qemu52-odd-tags.txt", []Snapshot{
+			snap("", "s1", 692<<10, "2026-12-01 01:51:24", "0:00:00.522"),
+			snap("", "a;quit", 692<<10, "2026-12-01 01:51:24", "0:00:00.523"),
+			snap("", "-h", 692<<10, "2026-12-01 01:51:24", "0:00:00.523"),
+			snap("", "1", 692<<10, "2026-12-01 01:51:24", "0:00:00.523"),
+			snap("", long1, 692<<10, "2026-12-01 01:51:24", "0:00:00.523"),
+			snap("", long2, 692<<10, "2026-12-01 01:51:24", "0:00:00.523"),
+			snap("", "donly", 0, "2026-12-01 01:51:24", "0:00:00.523"),
+			partial(snap("7", "only1", 0, "2026-12-01 01:51:24", "0:00:00.523")),
+		}},
+		{"qemu52-partial-drives.txt", []Snapshot{
+			snap("", "s1", 692<<10, "2026-12-01 01:51:35", "0:00:01.061"),
+			onDevice(partial(snap("2", "only0", 0, "2026-12-01 01:51:35", "0:00:01.062")), "disk0"),
+			onDevice(partial(snap("2", "only1", 0, "2026-12-01 01:51:35", "0:00:01.064")), "disk1"),
 		}},
 		{"mib.txt", []Snapshot{
 			snap("", "ic", 3711959, "2026-11-26 07:25:27", "0:00:00.003"),
@@ -316,8 +372,39 @@ func TestParseSnapshotRowFields(t *testing.T) {
 			want: Snapshot{Tag: "g", VMStateSize: 5 << 29, Date: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), ICount: -1},
 		},
 	}
+	const prefix10 = "List of snapshots present on all disks:\nID      TAG               VM_SIZE                DATE        VM_CLOCK     ICOUNT\n"
+	for _, tt := range []struct {
+		row  string
+		want Snapshot
+	}{
+		{
+			// QEMU 10.0: a four-digit hour, an icount.
+			row: "--      big               1.2 MiB 2026-01-02 03:04:05  0123:45:06.789       5678",
+			want: Snapshot{Tag: "big", VMStateSize: 1258291, Date: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
+				VMClock: 123*time.Hour + 45*time.Minute + 6789*time.Millisecond, ICount: 5678},
+		},
+		{
+			// QEMU 10.0: an ID longer than its 7 columns pushes the tag right.
+			row: "12345678 t                 999 B 2026-01-02 03:04:05  0000:00:00.001         --",
+			want: Snapshot{ID: "12345678", Tag: "t", VMStateSize: 999, Date: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC),
+				VMClock: time.Millisecond, ICount: -1},
+		},
+		{
+			row:  "1234567 x 5 B                 0 B 2026-01-02 03:04:05  0000:00:00.000         --",
+			want: Snapshot{ID: "1234567", Tag: "x 5 B", Date: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC), ICount: -1},
+		},
+	} {
+		tests = append(tests, struct {
+			row  string
+			want Snapshot
+		}{prefix10 + tt.row, tt.want})
+	}
 	for _, tt := range tests {
-		got, err := parseSnapshots(prefix+tt.row+"\n", time.UTC)
+		row := tt.row
+		if !strings.HasPrefix(row, "List of") {
+			row = prefix + row
+		}
+		got, err := parseSnapshots(row+"\n", time.UTC)
 		if err != nil {
 			t.Errorf("%q: %v", tt.row, err)
 			continue
@@ -335,6 +422,11 @@ func TestParseSnapshotsRejectsGarbage(t *testing.T) {
 		"List of snapshots present on all disks:\n--        s1                712 KiB 2026-13-40 07:19:53 00:00:01.571\n",
 		"List of snapshots present on all disks:\n--        s1                712 XB 2026-11-26 07:19:53 00:00:01.571\n",
 		"List of snapshots present on all disks:\n--\n",
+		// a row before the header
+		"List of snapshots present on all disks:\n--        s1                712 KiB 2026-11-26 07:19:53 00:00:01.571\n",
+		// a 10.0 row under a 7.2 header
+		"List of snapshots present on all disks:\nID        TAG               VM SIZE                DATE     VM CLOCK     ICOUNT\n" +
+			"1       s1                716 KiB 2026-12-01 01:51:15  0000:00:00.520         --\n",
 	} {
 		if got, err := parseSnapshots(out, time.UTC); err == nil {
 			t.Errorf("parseSnapshots(%q) = %+v, want an error", out, got)
@@ -412,6 +504,8 @@ func TestLoadVMResumesAfterFailedCheck(t *testing.T) {
 		{"not found while running", true, notFound, []string{"query-status", "loadvm x", "cont"}},
 		{"not found while paused", false, notFound, []string{"query-status", "loadvm x"}},
 		{"load failed midway", true, loadFailed, []string{"query-status", "loadvm x"}},
+		{"qemu 5.2 not found while running", true, "Error: Device 'disk0' does not have the requested snapshot 'x'\r\n",
+			[]string{"query-status", "loadvm x", "cont"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

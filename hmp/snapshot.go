@@ -85,9 +85,9 @@ func LoadVM(ctx context.Context, m qmp.Monitor, name string) error {
 }
 
 // DelVM deletes the snapshot name from every disk that has it (HMP delvm).
-// QEMU 7.2's delvm reports nothing when no disk has the snapshot; DelVM
-// checks `info snapshots` first and returns an error wrapping
-// ErrSnapshotNotFound then.
+// delvm (QEMU 5.2 to 10.0) reports nothing when no disk has the
+// snapshot; DelVM checks `info snapshots` first and returns an error
+// wrapping ErrSnapshotNotFound then.
 func DelVM(ctx context.Context, m qmp.Monitor, name string) error {
 	if err := ValidateName(name); err != nil {
 		return fmt.Errorf("hmp: delvm: %w", err)
@@ -131,13 +131,15 @@ const (
 	noneLine      = "None"
 )
 
-// snapshotRow matches a table row after its ID column. QEMU prints rows
-// with "%-9s %-16s %8s%20s%13s%11s" (ID, tag, VM size, date, VM clock,
-// icount); tags may contain spaces, so the fields are taken from the end
-// and the tag is what remains.
+// snapshotRow matches a table row after its ID column. QEMU up to 7.2
+// prints rows with "%-9s %-16s %8s%20s%13s%11s" (ID, tag, VM size, date,
+// VM clock as H:MM:SS.mmm, icount or blanks); QEMU 10.0 with
+// "%-7s %-16s %8s %19s %15s %10s" (a four-digit hour in the VM clock, "--"
+// for no icount). Tags may contain spaces, so the fields are taken from the
+// end and the tag is what remains.
 var snapshotRow = regexp.MustCompile(`^(.*) +([0-9]+(?:\.[0-9]+)?) (B|KiB|MiB|GiB|TiB|PiB|EiB) +` +
 	`([0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}) +` +
-	`([0-9]+):([0-9]{2}):([0-9]{2})\.([0-9]{3})(?: +([0-9]+))? *$`)
+	`([0-9]+):([0-9]{2}):([0-9]{2})\.([0-9]{3})(?: +([0-9]+|--))? *$`)
 
 // unitShift gives the power of two of each size unit HMP prints.
 var unitShift = map[string]uint{"B": 0, "KiB": 10, "MiB": 20, "GiB": 30, "TiB": 40, "PiB": 50, "EiB": 60}
@@ -147,6 +149,7 @@ var unitShift = map[string]uint{"B": 0, "KiB": 10, "MiB": 20, "GiB": 30, "TiB": 
 func parseSnapshots(out string, loc *time.Location) ([]Snapshot, error) {
 	snaps := []Snapshot{}
 	inTable, partial, device := false, false, ""
+	tagCol := 0 // where the header puts TAG; 0 before the table's header
 	for _, line := range strings.Split(strings.ReplaceAll(out, "\r\n", "\n"), "\n") {
 		line = strings.TrimRight(line, " ")
 		switch {
@@ -154,16 +157,19 @@ func parseSnapshots(out string, loc *time.Location) ([]Snapshot, error) {
 			inTable = false
 		case line == noSnapshots:
 		case line == allDisksTitle:
-			inTable, partial, device = true, false, ""
+			inTable, partial, device, tagCol = true, false, "", 0
 		case strings.HasPrefix(line, partialTitle) && strings.HasSuffix(line, "':"):
-			inTable, partial = true, true
+			inTable, partial, tagCol = true, true, 0
 			device = strings.TrimSuffix(strings.TrimPrefix(line, partialTitle), "':")
 		case !inTable:
 			return nil, fmt.Errorf("unexpected line %q", line)
 		case line == noneLine:
-		case strings.HasPrefix(line, "ID ") && strings.Contains(line, " TAG "):
+		case isHeader(line):
+			tagCol = strings.Index(line, "TAG")
+		case tagCol == 0:
+			return nil, fmt.Errorf("snapshot row %q before the table's header", line)
 		default:
-			s, err := parseSnapshotRow(line, loc)
+			s, err := parseSnapshotRow(line, tagCol, loc)
 			if err != nil {
 				return nil, err
 			}
@@ -174,8 +180,16 @@ func parseSnapshots(out string, loc *time.Location) ([]Snapshot, error) {
 	return snaps, nil
 }
 
-// parseSnapshotRow parses one table row.
-func parseSnapshotRow(line string, loc *time.Location) (Snapshot, error) {
+// isHeader reports whether line is a table's header line ("ID", spaces,
+// "TAG", then the other headings, which differ between QEMU versions).
+func isHeader(line string) bool {
+	f := strings.Fields(line)
+	return strings.HasPrefix(line, "ID ") && len(f) >= 2 && f[0] == "ID" && f[1] == "TAG"
+}
+
+// parseSnapshotRow parses one table row whose header line put the TAG
+// heading at tagCol (10 up to QEMU 7.2, 8 in QEMU 10.0).
+func parseSnapshotRow(line string, tagCol int, loc *time.Location) (Snapshot, error) {
 	bad := func(why string) (Snapshot, error) {
 		return Snapshot{}, fmt.Errorf("snapshot row %q: %s", line, why)
 	}
@@ -183,9 +197,9 @@ func parseSnapshotRow(line string, loc *time.Location) (Snapshot, error) {
 	if !ok || id == "" {
 		return bad("no ID column")
 	}
-	// The ID is left-aligned in 9 columns, then a space; the tag starts
-	// after that (later when a long ID pushed it).
-	start := max(len(id)+1, 10)
+	// The ID is left-aligned in its column, then a space; the tag starts
+	// under the TAG heading (later when a long ID pushed it).
+	start := max(len(id)+1, tagCol)
 	if start > len(line) || strings.TrimSpace(line[len(id):start]) != "" {
 		return bad("ID column malformed")
 	}
@@ -213,7 +227,7 @@ func parseSnapshotRow(line string, loc *time.Location) (Snapshot, error) {
 	}
 	s.VMClock = time.Duration(clock[0])*time.Hour + time.Duration(clock[1])*time.Minute +
 		time.Duration(clock[2])*time.Second + time.Duration(clock[3])*time.Millisecond
-	if m[9] != "" {
+	if m[9] != "" && m[9] != "--" {
 		if s.ICount, err = strconv.ParseInt(m[9], 10, 64); err != nil {
 			return bad("icount: " + err.Error())
 		}
