@@ -1,3 +1,5 @@
+//go:build linux
+
 package vmsnap_test
 
 import (
