@@ -406,7 +406,7 @@ func TestSaveFakeCancel(t *testing.T) {
 		wantStatus string
 	}{
 		{name: "during the migration", mode: Stopped, memBytes: 1 << 30, wantCancel: true, wantStatus: "cancelled"},
-		{name: "during a background snapshot", mode: Background, memBytes: 32 << 20, wantStatus: "completed"},
+		{name: "during a background snapshot", mode: Background, memBytes: 256 << 20, wantStatus: "completed"},
 		{name: "in atStop", mode: Background, memBytes: 1 << 20, inAtStop: true},
 	}
 	for _, tc := range tests {
