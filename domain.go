@@ -298,7 +298,7 @@ func (d *Domain) restoreRunning(ctx context.Context, wasRunning bool) error {
 	if st.Running {
 		return nil
 	}
-	if err := qemu.EnsureRunning(cctx, d.mon); err != nil {
+	if err := qemu.Cont(cctx, d.mon); err != nil {
 		return fmt.Errorf("resume guest: %w", err)
 	}
 	d.emit(ctx, Event{Kind: EventGuestResumed})

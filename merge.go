@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -180,7 +181,7 @@ func (d *Domain) mergeChild(ctx context.Context, dp merge.DiskPlan, jobID string
 	}
 	device := ""
 	for _, dk := range disks {
-		if dk.File == dp.Child || containsString(dk.Backing, dp.Child) {
+		if dk.File == dp.Child || slices.Contains(dk.Backing, dp.Child) {
 			device = dk.Node
 		}
 	}

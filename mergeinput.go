@@ -178,12 +178,3 @@ func snapshotTags(info *qemuimg.Info) []string {
 	}
 	return out
 }
-
-func containsString(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
-}

@@ -37,10 +37,12 @@ func (d *Domain) reconcile(ctx context.Context, setPhase func(Phase)) error {
 		return err
 	}
 	var errs []error
+	relaunched := false
 	for _, r := range recs {
 		in, err := readRelaunchIntent(r)
 		if err == nil && in != nil {
 			setPhase(PhaseReconciling)
+			relaunched = true
 			err = d.reconcileRelaunch(ctx, r, in)
 		}
 		if err != nil {
@@ -53,8 +55,11 @@ func (d *Domain) reconcile(ctx context.Context, setPhase func(Phase)) error {
 	if !d.online() && len(d.opts.Disks) == 0 {
 		return nil
 	}
-	if recs, err = d.records(ctx); err != nil {
-		return err
+	// A settled relaunch rewrote records: read them again.
+	if relaunched {
+		if recs, err = d.records(ctx); err != nil {
+			return err
+		}
 	}
 	var pending []*store.Record
 	for _, r := range recs {
