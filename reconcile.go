@@ -31,6 +31,16 @@ import (
 // down, bound only to finish a relaunch revert) settles relaunch intents
 // only: without QEMU or images there is nothing to check the others
 // against.
+//
+// A domain bound with OpenOffline and its disks after its QEMU died in
+// the middle of an operation (the toolstack's step before it starts QEMU
+// again) first has the images the pending records name checked and, where
+// the dead QEMU left them damaged, repaired (repairInterrupted); it then
+// settles what can be settled without QEMU: an interrupted merge whose
+// backing link QEMU rewrote is linked back and merged again with qemu-img,
+// which only works while no QEMU holds the images. A revert intent and a
+// delete whose merge needs QEMU are left for the reconcile of the running
+// domain.
 func (d *Domain) reconcile(ctx context.Context, setPhase func(Phase)) error {
 	recs, err := d.records(ctx)
 	if err != nil {
@@ -61,6 +71,11 @@ func (d *Domain) reconcile(ctx context.Context, setPhase func(Phase)) error {
 			return err
 		}
 	}
+	if !d.online() {
+		if err := d.repairInterrupted(ctx, recs); err != nil {
+			return fmt.Errorf("reconcile: %w", err)
+		}
+	}
 	var pending []*store.Record
 	for _, r := range recs {
 		if r.Status != store.StatusOK || (r.Labels[labelRevertWant] != "" && d.online()) || r.Labels[labelRenameFrom] != "" {
@@ -88,6 +103,10 @@ func (d *Domain) reconcile(ctx context.Context, setPhase func(Phase)) error {
 			err = d.reconcileDelete(ctx, r, disks)
 		default:
 			err = fmt.Errorf("unknown status %q: %w", r.Status, ErrInconsistent)
+		}
+		if !d.online() && needsQEMU(err) {
+			// Left for the reconcile of the running domain.
+			continue
 		}
 		if err != nil && !errors.Is(err, errUnprovenFiles) {
 			errs = append(errs, fmt.Errorf("reconcile snapshot %q: %w", r.Name, err))

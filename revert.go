@@ -102,7 +102,11 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 	if p.vmstate == vmstateJobs {
 		jobID = qemu.NewJobID("load")
 	}
-	in := revertIntent{Want: wantRunning, Was: st.Running, Job: jobID}
+	prev, err := d.store.Current(ctx, d.uuid)
+	if err != nil {
+		return nil, err
+	}
+	in := revertIntent{Want: wantRunning, Was: st.Running, Job: jobID, Prev: prev}
 	if err := d.setRevertIntent(ctx, s.Name, &in); err != nil {
 		return nil, err
 	}
@@ -166,11 +170,16 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 	if err != nil {
 		return nil, err
 	}
+	if err := d.setRevertIntent(ctx, s.Name, nil); err != nil {
+		return nil, err
+	}
 	if jobID != "" {
-		// Kept until now as the evidence reconciliation would read.
+		// Kept until the intent is gone, as the evidence reconciliation
+		// reads: without it, a revert intent means the load may not
+		// have happened.
 		_ = qemu.Dismiss(context.WithoutCancel(ctx), d.mon, jobID)
 	}
-	return s, d.setRevertIntent(ctx, s.Name, nil)
+	return s, nil
 }
 
 // revertIntent is kept in the target record's labels while a revert runs.
@@ -178,12 +187,14 @@ type revertIntent struct {
 	Want bool   // the guest should run after the revert
 	Was  bool   // the guest ran before it
 	Job  string // the snapshot-load job id ("" for HMP loadvm)
+	Prev string // the current snapshot before the revert
 }
 
 const (
 	labelRevertWant = "vmsnap.revert-want-running"
 	labelRevertWas  = "vmsnap.revert-was-running"
 	labelRevertJob  = "vmsnap.revert-job"
+	labelRevertPrev = "vmsnap.revert-prev-current"
 )
 
 // setRevertIntent stores in (nil clears it) on the record of name.
@@ -196,6 +207,7 @@ func (d *Domain) setRevertIntent(ctx context.Context, name string, in *revertInt
 	delete(r.Labels, labelRevertWant)
 	delete(r.Labels, labelRevertWas)
 	delete(r.Labels, labelRevertJob)
+	delete(r.Labels, labelRevertPrev)
 	if in != nil {
 		if r.Labels == nil {
 			r.Labels = map[string]string{}
@@ -203,6 +215,7 @@ func (d *Domain) setRevertIntent(ctx context.Context, name string, in *revertInt
 		r.Labels[labelRevertWant] = strconv.FormatBool(in.Want)
 		r.Labels[labelRevertWas] = strconv.FormatBool(in.Was)
 		r.Labels[labelRevertJob] = in.Job
+		r.Labels[labelRevertPrev] = in.Prev
 	}
 	return d.putRecord(ctx, r)
 }
@@ -236,12 +249,20 @@ func (d *Domain) reconcileRevert(ctx context.Context, r *store.Record) error {
 		// No job tells (QEMU never started the load, was restarted in the
 		// middle of it, or the load was HMP's): the disks may hold
 		// different points in time. The revert is finished by loading the
-		// snapshot again, unless it had already been committed.
-		current, err := d.store.Current(ctx, d.uuid)
-		if err != nil {
-			return err
+		// snapshot again, unless it had already been committed. With a job
+		// the revert is committed only after QEMU has the job, and the job
+		// is kept until then: no job means no commit. Without one (HMP),
+		// "current" moved to the snapshot tells, unless it was current
+		// before the revert too.
+		committed := false
+		if r.Labels[labelRevertJob] == "" {
+			current, err := d.store.Current(ctx, d.uuid)
+			if err != nil {
+				return err
+			}
+			committed = current == r.Name && r.Labels[labelRevertPrev] != r.Name
 		}
-		if current == r.Name {
+		if committed {
 			loaded = true
 		} else if err := d.reload(ctx, fromRecord(r)); err != nil {
 			failed = err

@@ -31,23 +31,7 @@ import (
 // "operation/victim/t*" names every point spread over time of that sweep:
 // where a bug shows at most of them, which ones fail depends on timing.
 // Empty it as the bugs are fixed.
-var sweepKnownFailing = map[string]string{
-	"int-delete/qemu/t*":                     bugDeleteCorrupt,
-	"int-delete/qemu/job-created#1":          bugDeleteCorrupt,
-	"ext-delete-middle/qemu/job-concluded#1": bugRelinkRefused,
-	"ext-delete-middle/qemu/job-concluded#2": bugRelinkRefused,
-	"ext-delete-middle/qemu/t*":              bugRelinkRefused,
-	"int-revert/qemu/t*":                     bugLoadCorrupt,
-	"int-revert/qemu/job-created#1":          bugLoadCorrupt,
-	"int-revert/qemu/stop#1":                 bugLoadCorrupt,
-}
-
-// The engine bugs sweepKnownFailing names.
-const (
-	bugRelinkRefused = "QEMU killed right as an intermediate commit concluded, restarted on the relinked images: the resumed delete refuses (safely, saying what to run) to trust the frozen image while QEMU holds the relinked image, instead of finishing"
-	bugLoadCorrupt   = "QEMU killed during snapshot-load (seen under -race, where the load is slower): qemu-img check reports corruption (exit 2) on a disk, and the reload that finishes the revert then cannot bring every disk back"
-	bugDeleteCorrupt = "QEMU killed during an internal snapshot delete: qemu-img check reports ERROR OFLAG_COPIED on the image afterwards, and nothing repairs it"
-)
+var sweepKnownFailing = map[string]string{}
 
 // knownFailing returns the reason key is on sweepKnownFailing; with
 // VMSNAP_SWEEP_NOSKIP=1 nothing is skipped (to see which are fixed).

@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"maps"
 	"os"
 	osexec "os/exec"
@@ -535,6 +536,14 @@ func (e *sweepEnv) startChild(op string) *childRun {
 	return cr
 }
 
+// testLogWriter writes log lines to the test's log.
+type testLogWriter struct{ t testing.TB }
+
+func (w testLogWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	return len(p), nil
+}
+
 type lockedWriter struct{ c *childRun }
 
 func (w *lockedWriter) Write(p []byte) (int, error) {
@@ -601,6 +610,7 @@ func (e *sweepEnv) bindAfter(ctx context.Context, chains map[string][]string) (*
 	}
 	ex := e.newExec(0)
 	var spec vmsnap.LaunchSpec
+	var offline []vmsnap.OfflineDisk
 	for _, d := range e.vm.Disks {
 		top := d.File
 		for _, f := range chains[d.Device] {
@@ -610,6 +620,17 @@ func (e *sweepEnv) bindAfter(ctx context.Context, chains map[string][]string) (*
 			}
 		}
 		spec.Disks = append(spec.Disks, vmsnap.LaunchDisk{Device: d.Device, Node: d.Node, File: top})
+		offline = append(offline, vmsnap.OfflineDisk{Device: d.Device, File: top})
+	}
+	// QEMU died, maybe in the middle of an operation: the images are
+	// settled (repaired, links put back) before a QEMU holds them again.
+	warn := slog.New(slog.NewTextHandler(testLogWriter{e.t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
+	off, err := vmsnap.OpenOffline(ctx, e.uuid, vmsnap.Options{Store: e.fs, Disks: offline, Logger: warn})
+	if err != nil {
+		return nil, err
+	}
+	if err := off.Reconcile(ctx); err != nil {
+		return nil, fmt.Errorf("no QEMU runs; Reconcile of the shut-off domain on %+v: %w", offline, err)
 	}
 	mon, err := ex.Start(ctx, spec)
 	if err != nil {

@@ -232,6 +232,10 @@ type Check struct {
 	Corruptions int `json:"corruptions,omitempty"`
 	// Leaks counts leaked clusters: wasted space, harmless otherwise.
 	Leaks int `json:"leaks,omitempty"`
+	// CorruptionsFixed and LeaksFixed count what a repair (Runner.Repair)
+	// fixed; Corruptions and Leaks then count what is left.
+	CorruptionsFixed int `json:"corruptions-fixed,omitempty"`
+	LeaksFixed       int `json:"leaks-fixed,omitempty"`
 	// ImageEndOffset is where the image's data ends, in bytes.
 	ImageEndOffset uint64 `json:"image-end-offset,omitempty"`
 	// TotalClusters and AllocatedClusters describe the image's fill.
@@ -241,3 +245,6 @@ type Check struct {
 
 // Clean reports whether the check found nothing wrong, leaks included.
 func (c *Check) Clean() bool { return c.CheckErrors == 0 && c.Corruptions == 0 && c.Leaks == 0 }
+
+// Repaired reports whether a repair fixed anything.
+func (c *Check) Repaired() bool { return c.CorruptionsFixed > 0 || c.LeaksFixed > 0 }

@@ -220,7 +220,24 @@ func (r Runner) Rebase(ctx context.Context, file, base, baseFormat string) error
 // the result, not as an error (see Check.Clean); the error is for a check
 // that could not run.
 func (r Runner) Check(ctx context.Context, file string) (*Check, error) {
-	out, err := r.Output(ctx, "check", "--output=json", "--", file)
+	return r.check(ctx, file)
+}
+
+// Repair checks file and repairs what it finds (`qemu-img check -r all`):
+// leaked clusters, refcounts that disagree with the references, the
+// COPIED flags a QEMU killed in the middle of an internal snapshot
+// operation leaves wrong. It needs the image's write lock: it fails while
+// a QEMU holds the image. The result counts what was fixed and what is
+// left (see Check.Clean); the error is for a repair that could not run.
+// Callers pass a context that is not cancelled: a repair cut short leaves
+// the refcounts being rebuilt.
+func (r Runner) Repair(ctx context.Context, file string) (*Check, error) {
+	return r.check(ctx, file, "-r", "all")
+}
+
+func (r Runner) check(ctx context.Context, file string, opts ...string) (*Check, error) {
+	args := append(append([]string{"check", "--output=json"}, opts...), "--", file)
+	out, err := r.Output(ctx, args...)
 	var ee *exec.ExitError
 	if err != nil && !(errors.As(err, &ee) && (ee.ExitCode() == 2 || ee.ExitCode() == 3) && len(out) > 0) {
 		// 2: corruptions found, 3: leaks found; both still print the report.

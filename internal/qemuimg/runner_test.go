@@ -223,3 +223,33 @@ func TestRunnerCancelled(t *testing.T) {
 		t.Errorf("SnapshotCreate with a cancelled context: %v", err)
 	}
 }
+
+func TestRunnerRepair(t *testing.T) {
+	qemutest.RequireImg(t)
+	ctx, dir := testCtx(t), t.TempDir()
+	var r qemuimg.Runner
+	img := newImage(t, dir, "disk.qcow2")
+	write(t, img, "0x5a")
+	c, err := r.Repair(ctx, img)
+	if err != nil || !c.Clean() || c.Repaired() {
+		t.Fatalf("Repair of a clean image: %+v, %v", c, err)
+	}
+	qemutest.CorruptRefcount(t, img, 0)
+	c, err = r.Check(ctx, img)
+	if err != nil || c.Corruptions == 0 {
+		t.Fatalf("Check after zeroing a refcount: %+v, %v; want a corruption", c, err)
+	}
+	c, err = r.Repair(ctx, img)
+	if err != nil || !c.Clean() || c.CorruptionsFixed == 0 || !c.Repaired() {
+		t.Fatalf("Repair: %+v, %v; want the corruption fixed and nothing left", c, err)
+	}
+	if c, err := r.Check(ctx, img); err != nil || !c.Clean() {
+		t.Errorf("Check after the repair: %+v, %v", c, err)
+	}
+	if !qemutest.ReadPattern(t, img, 0, 4096, 0x5a) {
+		t.Error("the data is gone after the repair")
+	}
+	if _, err := r.Repair(ctx, filepath.Join(dir, "missing.qcow2")); err == nil {
+		t.Error("Repair of a missing file succeeded")
+	}
+}

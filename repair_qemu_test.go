@@ -1,0 +1,127 @@
+package vmsnap_test
+
+import (
+	"errors"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/vmsnap/vmsnap"
+	"github.com/vmsnap/vmsnap/internal/qemuimg"
+	"github.com/vmsnap/vmsnap/internal/qemutest"
+	"github.com/vmsnap/vmsnap/store"
+)
+
+// A QEMU killed in the middle of an internal snapshot delete leaves the
+// record's delete intent and, at times, a qcow2 image whose refcounts
+// disagree with its tables. Binding the shut-off domain with OpenOffline
+// and its disks and reconciling (the step before QEMU starts again)
+// repairs the image and finishes the delete; while something holds the
+// image, it changes nothing and says why.
+func TestOfflineReconcileRepairsInterruptedDelete(t *testing.T) {
+	qemutest.RequireImg(t)
+	ctx := testCtx(t)
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "d0.qcow2")
+	qemutest.Img(t, "create", "-q", "-f", "qcow2", disk, "1M")
+	writePattern(t, disk, 0x6b, 64<<10)
+	fs, err := store.NewFileStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const uuid = "44444444-4444-4444-4444-444444444444"
+	opts := vmsnap.Options{Store: fs, Disks: []vmsnap.OfflineDisk{{Device: "xvda", File: disk}}}
+	dom, err := vmsnap.OpenOffline(ctx, uuid, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dom.Create(ctx, vmsnap.CreateSpec{Name: "p"}, vmsnap.DiskOnly).Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// What the dead QEMU left: the delete intent, and a cluster the
+	// snapshot and the active table share whose refcount is wrong.
+	r, err := fs.Get(ctx, uuid, "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Status = store.StatusDeleting
+	if err := fs.Put(ctx, uuid, r); err != nil {
+		t.Fatal(err)
+	}
+	qemutest.CorruptRefcount(t, disk, 0)
+	var img qemuimg.Runner
+	if c, err := img.Check(ctx, disk); err != nil || c.Corruptions == 0 {
+		t.Fatalf("premise: check of the damaged image: %+v, %v; want corruptions", c, err)
+	}
+
+	// Something holds the image (a QEMU started too early): nothing is
+	// changed, and the error says which image could not be checked.
+	holder := exec.Command("qemu-io", "-f", "qcow2", disk)
+	stdin, err := holder.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := holder.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	waitLocked(t, disk)
+	held := fileSum(t, disk)
+	off, err := vmsnap.OpenOffline(ctx, uuid, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := off.Reconcile(ctx); err == nil {
+		t.Fatal("Reconcile while another process holds the image succeeded")
+	}
+	if fileSum(t, disk) != held {
+		t.Error("the refused Reconcile changed the image")
+	}
+	if r, err := fs.Get(ctx, uuid, "p"); err != nil || r.Status != store.StatusDeleting {
+		t.Errorf("after the refused Reconcile: %+v, %v; want the delete intent kept", r, err)
+	}
+	stdin.Close()
+	holder.Wait()
+
+	if err := off.Reconcile(ctx); err != nil {
+		t.Fatalf("Reconcile: %v", err)
+	}
+	if c, err := img.Check(ctx, disk); err != nil || !c.Clean() {
+		t.Errorf("check after Reconcile: %+v, %v", c, err)
+	}
+	if tags := qemutest.ImgSnapshots(t, disk); len(tags) != 0 {
+		t.Errorf("the image holds %q, want the delete finished", tags)
+	}
+	if _, err := fs.Get(ctx, uuid, "p"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("record after Reconcile: %v, want ErrNotFound", err)
+	}
+	if !qemutest.ReadPattern(t, disk, 0, 64<<10, 0x6b) {
+		t.Error("the data written before the snapshot does not read back")
+	}
+	if l, err := off.List(ctx, 0).Wait(ctx); err != nil || len(l.Snapshots)+len(l.Untracked)+len(l.Unreadable) != 0 {
+		t.Errorf("List: %+v, %v; want nothing", l, err)
+	}
+	// The domain works on: another snapshot is taken and deleted.
+	if _, err := off.Create(ctx, vmsnap.CreateSpec{Name: "q"}, vmsnap.DiskOnly).Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if tags := qemutest.ImgSnapshots(t, disk); !slices.Equal(tags, []string{"q"}) {
+		t.Errorf("after create: %q", tags)
+	}
+	if _, err := off.Delete(ctx, "q", 0).Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// waitLocked waits until a process holds file's write lock.
+func waitLocked(t *testing.T, file string) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if err := exec.Command("qemu-img", "info", file).Run(); err != nil {
+			return
+		}
+	}
+	t.Fatalf("nothing took the lock of %s", file)
+}
