@@ -23,6 +23,7 @@ import (
 	"github.com/vmsnap/vmsnap/internal/qemutest"
 	"github.com/vmsnap/vmsnap/launch"
 	"github.com/vmsnap/vmsnap/qmp"
+	"github.com/vmsnap/vmsnap/store"
 )
 
 // TestQEMUConfigTemporaryDisks: with -snapshot every write goes to
@@ -179,9 +180,35 @@ func TestQEMUConfigQ35VirtioSCSI(t *testing.T) {
 		cfgDeleteNodes(t, g, gone.file)
 		g.layout.disks = slices.DeleteFunc(slices.Clone(disks), func(d cfgDisk) bool { return d.file == gone.file })
 
+		// A delete of u cut short after the unplug: its intent is settled
+		// on the attached disks only, and the record keeps naming the
+		// unplugged one, whose image keeps the snapshot.
+		r, err := g.fs.Get(ctx, g.uuid, "u")
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Status = store.StatusDeleting
+		if err := g.fs.Put(ctx, g.uuid, r); err != nil {
+			t.Fatal(err)
+		}
+		err = g.dom.Reconcile(ctx)
+		if err == nil || !errors.Is(err, vmsnap.ErrInconsistent) || !strings.Contains(err.Error(), gone.file) {
+			t.Errorf("reconcile of a delete intent with an unplugged disk: %v; want ErrInconsistent naming %s", err, gone.file)
+		}
+		if !slices.Contains(cfgTags(t, goneTop), "u") {
+			t.Errorf("the reconcile removed tag u from the unplugged image %s", goneTop)
+		}
+		for _, top := range g.checkChains(t, "after the reconcile") {
+			if slices.Contains(cfgTags(t, top), "u") {
+				t.Errorf("the reconcile left tag u on the attached image %s", top)
+			}
+		}
 		s, err := g.dom.Get(ctx, "u")
 		if err != nil {
 			t.Fatal(err)
+		}
+		if len(s.Disks) != 1 || s.Disks[0].File != goneTop {
+			t.Errorf("record after the reconcile names disks %+v; want only %s", s.Disks, goneTop)
 		}
 		if !s.HasProblem(vmsnap.ProblemDiskDetached) {
 			t.Errorf("List does not flag the unplugged disk: problems %v", s.Problems)

@@ -163,10 +163,11 @@ func (d *Domain) reconcileDelete(ctx context.Context, r *store.Record, disks []D
 	if b := buried(disks, s.Disks, s.Name); len(b) > 0 {
 		return errBuried(b)
 	}
-	if have := holding(disks, s.Disks, s.Name); len(have) > 0 {
-		if left, err := d.images.deleteInternal(ctx, have, s.Name); err != nil {
-			return d.keepPartial(ctx, r, left, err)
-		}
+	// As a delete does: a disk no longer attached keeps the snapshot in
+	// its image, and the record keeps naming that disk (deleteFromImages).
+	p.method = deleteByDisk
+	if err := d.deleteFromImages(ctx, p, r, disks); err != nil {
+		return err
 	}
 	return d.removeRecord(ctx, s.Name)
 }
