@@ -7,8 +7,10 @@ package vmsnap_test
 // query-block).
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -115,7 +117,7 @@ func cfgStart(t *testing.T, dir string, layout cfgLayout, vopts vmsnap.Options) 
 	t.Cleanup(func() { os.RemoveAll(sockDir) })
 	g := &cfgGuest{t: t, dir: dir, layout: layout, sock: filepath.Join(sockDir, "qmp.sock"),
 		uuid: cfgUUID(t), log: filepath.Join(t.TempDir(), "qemu.log"), names: map[string]string{}, pat: map[string]byte{}}
-	g.argv = append([]string{qemutest.Binary(), "-uuid", g.uuid}, layout.args...)
+	g.argv = append([]string{qemutest.Binary(), "-uuid", g.uuid}, cfgMachineOf(t, qemutest.Version(t), layout.args)...)
 	g.argv = append(g.argv, "-qmp", "unix:"+launch.EscapeOptionValue(g.sock)+",server=on,wait=off")
 	g.logf, err = os.OpenFile(g.log, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
 	if err != nil {
@@ -167,6 +169,41 @@ func cfgStart(t *testing.T, dir string, layout cfgLayout, vopts vmsnap.Options) 
 		}
 	}
 	return g
+}
+
+// cfgMachineOf returns the layout's args as a toolstack writes them for
+// QEMU v: the versioned machine types they are written with (pc-i440fx-7.2,
+// pc-q35-7.2, as libvirt and Proxmox write them on QEMU 7.2) made v's,
+// and, before QEMU 6.2 (which first takes JSON for -device), each JSON
+// -device in key=value syntax, as libvirt writes it there.
+func cfgMachineOf(t *testing.T, v qemutest.QEMUVersion, args []string) []string {
+	ver := fmt.Sprintf("-%d.%d", v.Major, v.Minor)
+	out := make([]string, len(args))
+	for i, a := range args {
+		a = strings.ReplaceAll(a, "pc-i440fx-7.2", "pc-i440fx"+ver)
+		a = strings.ReplaceAll(a, "pc-q35-7.2", "pc-q35"+ver)
+		if i > 0 && args[i-1] == "-device" && strings.HasPrefix(a, "{") && !v.AtLeast(6, 2) {
+			a = cfgDeviceKeyval(t, a)
+		}
+		out[i] = a
+	}
+	return out
+}
+
+// cfgDeviceKeyval turns a flat JSON -device into "driver,key=value,...".
+func cfgDeviceKeyval(t *testing.T, js string) string {
+	var m map[string]any
+	if err := json.Unmarshal([]byte(js), &m); err != nil {
+		t.Fatalf("-device %s: %v", js, err)
+	}
+	words := []string{fmt.Sprint(m["driver"])}
+	keys := slices.Sorted(maps.Keys(m))
+	for _, k := range keys {
+		if k != "driver" {
+			words = append(words, k+"="+strings.ReplaceAll(fmt.Sprint(m[k]), ",", ",,"))
+		}
+	}
+	return strings.Join(words, ",")
 }
 
 // newExec returns a Launcher for argv writing to the guest's log; it is

@@ -108,6 +108,19 @@ func (p createPlan) chooseDisks(all []Disk, want, exclude []string, vmstateDisk 
 	if p.vmstate == vmstateHMP && len(c.excluded) > 0 {
 		return c, fmt.Errorf("%w: this QEMU has no snapshot-save; its HMP savevm snaps every writable disk, so disks %v cannot be left out", ErrUnsupported, diskNames(c.excluded))
 	}
+	if p.kind == kindInternalFull && p.vmstate == vmstateHMP {
+		// HMP savevm puts the memory state on the first disk that can
+		// hold it, in QEMU's order, whatever we would choose.
+		first := c.take[0]
+		switch {
+		case first.Firmware:
+			return c, &DiskError{Disk: first.name(), Err: fmt.Errorf("%w: this QEMU has no snapshot-save; its HMP savevm would put the memory state into the UEFI variables (the first disk in QEMU's order): take an External or a DiskOnly snapshot", ErrUnsupported)}
+		case vmstateDisk != "" && !first.matches(vmstateDisk):
+			return c, &DiskError{Disk: vmstateDisk, Err: fmt.Errorf("%w: this QEMU has no snapshot-save; its HMP savevm puts the memory state on the first disk in QEMU's order, %s", ErrUnsupported, first.name())}
+		}
+		c.vmstate = first
+		return c, nil
+	}
 	if p.kind == kindInternalFull {
 		for _, d := range c.take {
 			if vmstateDisk != "" && d.matches(vmstateDisk) || vmstateDisk == "" && !d.Firmware {
