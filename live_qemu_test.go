@@ -1,13 +1,17 @@
 package vmsnap_test
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/vmsnap/vmsnap"
+	"github.com/vmsnap/vmsnap/internal/migrate"
 	"github.com/vmsnap/vmsnap/internal/qemutest"
 	"github.com/vmsnap/vmsnap/qmp"
 	"github.com/vmsnap/vmsnap/store"
@@ -70,6 +74,104 @@ func TestQEMULiveDowntime(t *testing.T) {
 	if bg, ok := downtime["live-background"]; ok && bg >= downtime["stopped"] {
 		t.Errorf("live downtime %v not below the stopped snapshot's %v", bg, downtime["stopped"])
 	}
+}
+
+// TestQEMULiveGuestRuns takes a live full external snapshot of a guest
+// holding 128 MiB of random data, in each live mode this QEMU offers
+// (background-snapshot where QEMU and the host have it, and pre-copy), and
+// checks, without timing anything, that the guest runs while the memory is
+// written: its counter advances between reads taken while QEMU reports the
+// migration "active". Reverted to, the snapshot holds the counter of the
+// instant the mode snaps the disks at: for background-snapshot one from
+// before those reads and not before the create began, for pre-copy one
+// from after them and not after the create returned.
+func TestQEMULiveGuestRuns(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes two 128 MiB memory files")
+	}
+	for _, c := range []struct {
+		name string
+		opts vmsnap.Options
+	}{
+		{"default", vmsnap.Options{}},
+		{"precopy", vmsnap.Options{NoBackgroundSnapshot: true}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			l := loadedGuest(t, c.opts)
+			ctx := testCtx(t)
+			feat, err := qmp.Probe(ctx, l.mon())
+			if err != nil {
+				t.Fatal(err)
+			}
+			background := false
+			if !c.opts.NoBackgroundSnapshot {
+				if background, err = migrate.BackgroundSupported(ctx, l.mon(), feat); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before := l.counter(t)
+			var (
+				mu     sync.Mutex
+				during []uint64 // counter values read while the migration was active
+			)
+			wctx, stop := context.WithCancel(ctx)
+			watched := make(chan struct{})
+			go func() {
+				defer close(watched)
+				for wctx.Err() == nil {
+					if migrationActive(wctx, l.mon()) {
+						n, err := l.vm.Counter(wctx)
+						// Still active after the read: the guest had this
+						// value while its memory was being written.
+						if err == nil && migrationActive(wctx, l.mon()) {
+							mu.Lock()
+							during = append(during, n)
+							mu.Unlock()
+						}
+					}
+					time.Sleep(2 * time.Millisecond)
+				}
+			}()
+			s, err := l.dom.Create(ctx, vmsnap.CreateSpec{Name: "live"}, vmsnap.External|vmsnap.Live).Wait(ctx)
+			stop()
+			<-watched
+			if err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			reads := slices.Clone(during)
+			mu.Unlock()
+			t.Logf("counter reads while the memory was written: %d (pause %v)", len(reads), s.Downtime)
+			if len(reads) < 2 || reads[len(reads)-1] <= reads[0] {
+				t.Fatalf("the guest did not run while its memory was written: counter %v", reads)
+			}
+			if !l.running(t) {
+				t.Fatal("guest not running after the snapshot")
+			}
+			after := l.counter(t)
+			if _, err := l.dom.Revert(ctx, "live", vmsnap.RevertPaused).Wait(ctx); err != nil {
+				t.Fatalf("%v\nrelaunched QEMU said: %s", err, readFile(l.output.Name()))
+			}
+			got := l.counter(t)
+			t.Logf("QEMU %s, background-snapshot %v: counter %d before the create, %d..%d while the memory was written, %d after; %d reverted",
+				feat.Version, background, before, reads[0], reads[len(reads)-1], after, got)
+			switch {
+			case background && (got < before || got > reads[0]):
+				t.Fatalf("background-snapshot: reverted counter %d, want one between %d (before the create) and %d (first read while the memory was written)", got, before, reads[0])
+			case !background && (got < reads[len(reads)-1] || got > after):
+				t.Fatalf("pre-copy: reverted counter %d, want one between %d (last read while the memory was written) and %d (after the create)", got, reads[len(reads)-1], after)
+			}
+			checkImages(t, l.vm.Disks[0].File, l.vm.Disks[1].File)
+		})
+	}
+}
+
+// migrationActive reports whether query-migrate says "active".
+func migrationActive(ctx context.Context, mon qmp.Monitor) bool {
+	var info struct {
+		Status string `json:"status"`
+	}
+	return mon.Execute(ctx, "query-migrate", nil, &info) == nil && info.Status == "active"
 }
 
 // TestQEMUCancelLargeSave cancels a full external snapshot while its memory

@@ -793,3 +793,94 @@ func TestLoadFakeRefusals(t *testing.T) {
 		t.Errorf("guest %s", f.srv.Status())
 	}
 }
+
+// qemu10 imitates QEMU 10.0 for the fake: background-snapshot, and a
+// version at which Save runs atStop after migrate.
+var qemu10 = fakeqemu.Profile{Major: 10, Minor: 0, Micro: 2, Jobs: true, BackgroundSnapshot: true}
+
+// TestSaveFakeAtStopOrder checks where a background snapshot's atStop
+// runs: before migrate on QEMU 7.2, just after it on QEMU ≥ 9.0, the guest
+// stopped both times; and that an atStop after migrate that fails, is
+// cancelled, or finds that QEMU ran the guest meanwhile fails the save
+// cleanly (the migration let run to its end, no file, settings restored,
+// the guest running).
+func TestSaveFakeAtStopOrder(t *testing.T) {
+	errAtStop := errors.New("disk snapshot failed")
+	tests := []struct {
+		name        string
+		profile     fakeqemu.Profile
+		atStop      func(ctx context.Context, mon qmp.Monitor, cancel func()) error
+		wantStarted bool   // the migration had started when atStop ran
+		wantErr     string // "" for success
+		wantIs      error
+	}{
+		{name: "7.2 before migrate", profile: fakeqemu.QEMU72},
+		{name: "10.0 after migrate", profile: qemu10, wantStarted: true},
+		{name: "10.0 atStop fails", profile: qemu10, wantStarted: true, wantErr: "at guest stop",
+			atStop: func(context.Context, qmp.Monitor, func()) error { return errAtStop }, wantIs: errAtStop},
+		{name: "10.0 cancelled in atStop", profile: qemu10, wantStarted: true, wantErr: "canceled",
+			atStop: func(_ context.Context, _ qmp.Monitor, cancel func()) error { cancel(); return nil }, wantIs: sentinel.ErrCanceled},
+		{name: "10.0 guest run during atStop", profile: qemu10, wantStarted: true, wantErr: "before its disks were snapped",
+			atStop: func(ctx context.Context, mon qmp.Monitor, _ func()) error { return mon.Execute(ctx, "cont", nil, nil) }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			f := startFake(t, fakeqemu.Options{Profile: tc.profile, MemoryBytes: 4 << 20})
+			before := readMigrationSettings(t, f.mon)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			path := filepath.Join(t.TempDir(), "mem")
+			var started, ran bool
+			atStop := func(actx context.Context) error {
+				info, err := queryMigrate(actx, f.mon)
+				if err != nil {
+					return err
+				}
+				started = info.Status != statusNone && info.Status != ""
+				ran = f.srv.Status() == "running"
+				if tc.atStop != nil {
+					return tc.atStop(actx, f.mon, cancel)
+				}
+				return nil
+			}
+			res, err := Save(ctx, f.mon, f.feat, path, Background, "", nil, atStop)
+			if started != tc.wantStarted || ran {
+				t.Errorf("atStop ran with the migration started %v (want %v), the guest running %v", started, tc.wantStarted, ran)
+			}
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if res.Mode != Background || res.Downtime <= 0 {
+					t.Errorf("result %+v", res)
+				}
+				if fi, serr := os.Stat(path); serr != nil || fi.Size() != 4<<20 {
+					t.Errorf("memory file %v %v", fi, serr)
+				}
+			} else {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("err %v, want one mentioning %q", err, tc.wantErr)
+				}
+				if tc.wantIs != nil && !errors.Is(err, tc.wantIs) {
+					t.Errorf("err %v does not wrap %v", err, tc.wantIs)
+				}
+				if slices.Contains(f.srv.Commands(), "migrate_cancel") {
+					t.Error("a background snapshot was cancelled")
+				}
+				if info, qerr := queryMigrate(context.Background(), f.mon); qerr != nil || info.Status != statusCompleted {
+					t.Errorf("migration %q %v, want it let run to completed", info.Status, qerr)
+				}
+				if _, serr := os.Stat(path); !errors.Is(serr, os.ErrNotExist) {
+					t.Errorf("partial file left: %v", serr)
+				}
+			}
+			if got := f.srv.Status(); got != "running" {
+				t.Errorf("guest %s, want running", got)
+			}
+			if diff := cmp.Diff(before, readMigrationSettings(t, f.mon)); diff != "" {
+				t.Errorf("settings not restored (-before +after):\n%s", diff)
+			}
+			waitNoFDs(t, path)
+		})
+	}
+}

@@ -61,8 +61,10 @@ const (
 	// downtime's measure after a cont.
 	resumeEventWait = time.Second
 	// protectPoll is how often query-migrate is read while a background
-	// snapshot's guest waits for the write protection to resume.
-	protectPoll = time.Millisecond
+	// snapshot's guest waits for the write protection to resume (once
+	// the migration is "active": QEMU then saves the devices and
+	// protects RAM within a few ms).
+	protectPoll = 250 * time.Microsecond
 	// precopyDowntimeLimit is the downtime-limit of a pre-copy save: QEMU
 	// stops the guest for the final pass only once what is left can be
 	// written within it (QEMU's default, 300 ms, lets it stop with a
@@ -99,13 +101,22 @@ func canceled(ctx context.Context, detail string) error {
 //
 // In Background mode Save resumes the guest itself as soon as QEMU has
 // write-protected its memory (QEMU ≥ 9 leaves a guest that Save stopped
-// paused; 7.2 resumed it), so the pause is the device state's save, a few
-// ms; Result.Downtime is measured from QEMU's STOP and RESUME events.
+// paused; 7.2 resumed it). The pause is then QEMU's preparation of RAM
+// (it reads every page of guest RAM once), the device state's save and
+// the write protection: a few ms for a 256 MiB guest whose RAM is in
+// transparent huge pages, 15–25 ms once a previous background snapshot of
+// the same QEMU process has split them into 4 KiB pages (measured on a
+// 2-core host; see the package documentation). Result.Downtime is
+// measured from QEMU's STOP and RESUME events.
 //
 // progress, if not nil, receives the RAM bytes processed and the guest's
 // RAM size while the migration runs. atStop, if not nil, runs once with the
 // guest stopped at the instant the file describes (snap the disks there);
-// its error fails the save.
+// its error fails the save. It runs before the migration starts, except in
+// Background mode on QEMU ≥ 9.0, where it runs just after migrate, the
+// guest still stopped, while QEMU prepares RAM (see atStopAfterMigrate);
+// an error of atStop there lets the background snapshot run to its end
+// (it cannot be cancelled) before the save fails.
 //
 // On return, whatever happened: the migration parameters and capabilities
 // are as they were, QEMU holds no descriptor of the file and its migration
@@ -186,7 +197,7 @@ func save(ctx context.Context, mon qmp.Monitor, feat *qmp.Features, path string,
 	if err := refuseBusy(ctx, mon); err != nil {
 		return res, err
 	}
-	s := &saver{mon: mon, tr: tr, path: path, mode: mode, wasRunning: st.Running, progress: progress, atStop: atStop}
+	s := &saver{mon: mon, tr: tr, path: path, mode: mode, version: feat.Version, wasRunning: st.Running, progress: progress, atStop: atStop}
 	res, err = s.run(ctx)
 	res.Format = s.tr.format()
 	return res, err
@@ -198,6 +209,7 @@ type saver struct {
 	tr         transport
 	path       string
 	mode       Mode
+	version    qmp.Version
 	wasRunning bool // the guest ran when Save began: it runs again at the end
 	progress   func(done, total uint64)
 	atStop     func(ctx context.Context) error
@@ -214,10 +226,82 @@ type saver struct {
 	// protected: a background snapshot has write-protected the guest's
 	// memory (pages are being written), so the guest may run.
 	protected bool
+	trace     func(Step, time.Time)
+	active    bool // the migration was seen "active" (traced once)
+	// eventsOn: QEMU sends MIGRATION events for this save, so a status
+	// change wakes wait without polling.
+	eventsOn bool
+	// lateAtStop: atStop runs after migrate (atStopAfterMigrate);
+	// atStopDone is when it returned.
+	lateAtStop bool
+	atStopDone time.Time
+	// contSent: Save sent cont to run the guest once memory was
+	// protected.
+	contSent bool
+	// selfResumed: QEMU resumed the guest itself before a late atStop
+	// had returned, which atStopAfterMigrate rules out
+	// (checkStillStopped).
+	selfResumed bool
+}
+
+// atStopAfterMigrate reports whether atStop is run after migrate rather
+// than before it: for a background snapshot of a running guest on QEMU ≥
+// 9.0, whose migration thread puts the run state back to what it found
+// (paused, since Save stopped the guest) instead of starting the guest.
+// The guest then stays stopped from Save's stop to Save's cont, the file
+// holds its memory as of the stop, and the disks snapped anywhere in
+// between are at that same instant; what atStop costs overlaps QEMU's
+// preparation of RAM (it reads every page of guest RAM before it can
+// write-protect it) instead of adding to the pause. QEMU 7.2 starts the
+// guest as soon as RAM is protected, possibly before atStop has returned,
+// so there atStop runs before migrate. A QEMU that resumes the guest
+// before a late atStop has returned fails the save (checkStillStopped).
+func (s *saver) atStopAfterMigrate() bool {
+	return s.mode == Background && s.wasRunning && s.atStop != nil && s.version.AtLeast(9, 0)
+}
+
+// checkStillStopped makes sure, after a late atStop, that QEMU did not run
+// the guest before atStop returned: query-status, and if the guest runs,
+// the time of QEMU's RESUME event. It returns the error that fails the
+// save if it did (or if that cannot be told).
+func (s *saver) checkStillStopped(ctx context.Context) error {
+	cctx, cancel := cleanupCtx(ctx)
+	defer cancel()
+	st, err := qmp.QueryStatus(cctx, s.mon)
+	if err != nil {
+		return fmt.Errorf("check that the guest is still stopped: %w", err)
+	}
+	if st.Running {
+		// QEMU sends RESUME before its reply to whatever ran the guest:
+		// it is queued.
+		s.awaitResume(resumeEventWait)
+		if !s.guest.resumed() {
+			s.selfResumed = true
+		}
+	}
+	if s.selfResumed {
+		return fmt.Errorf("QEMU %s ran the guest before its disks were snapped (run state %s): the snapshot would not be consistent", s.version, st.State)
+	}
+	return nil
+}
+
+// observe follows the guest's run state from an event.
+func (s *saver) observe(ev qmp.Event) {
+	s.guest.observe(ev)
+	switch ev.Name {
+	case "STOP":
+		s.trace(StepGuestStopped, ev.Time)
+	case "RESUME":
+		s.trace(StepResumed, ev.Time)
+		if s.lateAtStop && !s.contSent && (s.atStopDone.IsZero() || ev.Time.Before(s.atStopDone)) {
+			s.selfResumed = true
+		}
+	}
 }
 
 func (s *saver) run(ctx context.Context) (res Result, err error) {
 	res.Mode = s.mode
+	s.trace = tracer(ctx)
 	// Events are read under a context of their own: the clean-up after a
 	// cancel still needs them.
 	ectx, stopEvents := context.WithCancel(context.WithoutCancel(ctx))
@@ -277,16 +361,22 @@ func (s *saver) run(ctx context.Context) (res Result, err error) {
 	if err != nil {
 		return res, err
 	}
+	s.trace(StepConfigured, time.Now())
 
+	s.lateAtStop = s.atStopAfterMigrate()
 	if s.mode != Precopy {
 		if s.wasRunning {
 			if err := s.mon.Execute(ctx, "stop", nil, nil); err != nil {
 				return res, fmt.Errorf("stop guest: %w", err)
 			}
 			s.expectStop = true
+			s.trace(StepStopped, time.Now())
 		}
-		if err := s.runAtStop(ctx); err != nil {
-			return res, err
+		if !s.lateAtStop {
+			if err := s.runAtStop(ctx); err != nil {
+				return res, err
+			}
+			s.trace(StepAtStop, time.Now())
 		}
 	}
 	if ctx.Err() != nil {
@@ -329,14 +419,42 @@ func (s *saver) run(ctx context.Context) (res Result, err error) {
 		}
 		// The command may have reached QEMU: follow it as cancelled.
 		cancelledEarly = true
+	} else {
+		s.trace(StepMigrate, time.Now())
 	}
-	info, err := s.wait(ctx, cancelledEarly)
+	var atStopErr error
+	if s.lateAtStop && !cancelledEarly {
+		// The guest is still stopped (QEMU keeps it so until cont), so
+		// the disks snapped now are at the instant the file describes,
+		// while QEMU's migration thread prepares RAM.
+		atStopErr = s.runAtStop(ctx)
+		s.atStopDone = time.Now()
+		switch {
+		case atStopErr != nil:
+		case ctx.Err() != nil:
+			atStopErr = canceled(ctx, "")
+		default:
+			s.trace(StepAtStop, s.atStopDone)
+			atStopErr = s.checkStillStopped(ctx)
+		}
+	}
+	info, err := s.wait(ctx, cancelledEarly, atStopErr)
 	if err != nil {
 		return res, err
 	}
 	res.Duration = time.Since(began)
 	if ram := info.RAM; s.progress != nil && ram != nil {
 		s.progress(ram.Total, ram.Total)
+	}
+	if s.mode != Background {
+		// The guest Save stopped, or pre-copy's final pass stopped, waits
+		// for this cont: send it before waiting for QEMU's migration
+		// thread to clean up. A cont after "completed" is what every
+		// migration's user does; the wait below is for what comes next
+		// (another migration or savevm), which must not race the thread.
+		if err := s.resume(ctx); err != nil {
+			return res, err
+		}
 	}
 	if err := s.finish(ctx); err != nil {
 		return res, err
@@ -449,6 +567,7 @@ func (s *saver) configure(ctx context.Context, streamParams map[string]any) (res
 		return nil, err
 	}
 	changes := capabilityChanges(caps, s.mode, s.tr.capabilities())
+	_, s.eventsOn = caps[capEvents]
 
 	var setParams, setCaps bool
 	restore = func() error {
@@ -486,9 +605,10 @@ func (s *saver) configure(ctx context.Context, streamParams map[string]any) (res
 // wait follows the migration until it ends, reporting progress, running
 // atStop at the pre-copy pause and stopping it early, by cancelRule, when
 // ctx ends or atStop fails there. cancelledNow says ctx ended while
-// migrate was being sent. It returns the final query-migrate of a
+// migrate was being sent; atStopErr is the error of an atStop run after
+// migrate (atStopAfterMigrate). It returns the final query-migrate of a
 // completed migration, or an error.
-func (s *saver) wait(ctx context.Context, cancelledNow bool) (migrationInfo, error) {
+func (s *saver) wait(ctx context.Context, cancelledNow bool, atStopErr error) (migrationInfo, error) {
 	// QEMU is asked under a context that outlives ctx: a cancel must be
 	// followed until QEMU has actually stopped writing.
 	wctx := context.WithoutCancel(ctx)
@@ -503,7 +623,14 @@ func (s *saver) wait(ctx context.Context, cancelledNow bool) (migrationInfo, err
 		deadline  <-chan time.Time
 		continued bool // migrate-continue was sent (or the pause handled)
 	)
-	if cancelledNow {
+	switch {
+	case atStopErr == nil:
+	case errors.Is(atStopErr, sentinel.ErrCanceled):
+		cancelled = true
+	default:
+		abandon = atStopErr
+	}
+	if cancelled {
 		done = nil
 	}
 	for {
@@ -512,6 +639,13 @@ func (s *saver) wait(ctx context.Context, cancelledNow bool) (migrationInfo, err
 			return info, err
 		}
 		s.status = info.Status
+		if info.Status == statusActive && !s.active {
+			s.active = true
+			s.trace(StepActive, time.Now())
+		}
+		if info.Status == statusCompleted {
+			s.trace(StepCompleted, time.Now())
+		}
 		if ram := info.RAM; s.progress != nil && ram != nil && ram.Total > 0 && running(info.Status) {
 			s.progress(ram.Total-min(ram.Remaining, ram.Total), ram.Total)
 		}
@@ -522,6 +656,7 @@ func (s *saver) wait(ctx context.Context, cancelledNow bool) (migrationInfo, err
 		}
 		if s.awaitingProtection() && writeProtected(info) {
 			s.protected = true
+			s.trace(StepProtected, time.Now())
 			if err := s.resumeProtected(wctx); err != nil {
 				return info, err
 			}
@@ -570,13 +705,19 @@ func (s *saver) wait(ctx context.Context, cancelledNow bool) (migrationInfo, err
 				}
 				continue
 			}
+			s.trace(StepAtStop, time.Now())
 			if err := s.mon.Execute(wctx, "migrate-continue", map[string]string{"state": statusPreSwitchover}, nil); err != nil {
 				abandon = fmt.Errorf("migrate-continue: %w", err)
 			}
+			s.trace(StepContinue, time.Now())
 			continue
 		}
 		var fast <-chan time.Time
-		if s.awaitingProtection() {
+		// The guest waits, stopped, for the write protection: ask again
+		// soon. While the migration is in "setup" (QEMU reads all of RAM)
+		// the MIGRATION event of "active" wakes the loop, when QEMU sends
+		// them, instead of a query every protectPoll.
+		if s.awaitingProtection() && (info.Status != statusSetup || !s.eventsOn) {
 			fast = time.After(protectPoll)
 		}
 		select {
@@ -584,7 +725,7 @@ func (s *saver) wait(ctx context.Context, cancelledNow bool) (migrationInfo, err
 			if !ok {
 				return info, fmt.Errorf("waiting for the migration: %w", qmp.ErrClosed)
 			}
-			s.guest.observe(ev)
+			s.observe(ev)
 		case <-fast:
 		case <-tick.C:
 		case <-done:
@@ -644,9 +785,11 @@ func (s *saver) resume(ctx context.Context) error {
 		if !contAllowed(s.status, s.protected) {
 			return fmt.Errorf("guest left %s: the migration is still %s", st.State, s.status)
 		}
+		s.contSent = true
 		if err := s.mon.Execute(cctx, "cont", nil, nil); err != nil {
 			return fmt.Errorf("resume guest (from %s): %w", st.State, err)
 		}
+		s.trace(StepCont, time.Now())
 	}
 	s.resumed = true
 	if s.expectStop {
@@ -675,9 +818,11 @@ func (s *saver) resumeProtected(ctx context.Context) error {
 	if s.guest.resumed() {
 		return nil // 7.2's RESUME already came
 	}
+	s.contSent = true
 	if err := s.mon.Execute(ctx, "cont", nil, nil); err != nil {
 		return fmt.Errorf("resume guest (memory write-protected): %w", err)
 	}
+	s.trace(StepCont, time.Now())
 	return nil
 }
 
@@ -692,7 +837,7 @@ func (s *saver) awaitResume(wait time.Duration) {
 			if !ok {
 				return
 			}
-			s.guest.observe(ev)
+			s.observe(ev)
 		case <-t.C:
 			return
 		}
