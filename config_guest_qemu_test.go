@@ -23,6 +23,7 @@ import (
 	"github.com/vmsnap/vmsnap"
 	"github.com/vmsnap/vmsnap/hmp"
 	"github.com/vmsnap/vmsnap/internal/qemu"
+	"github.com/vmsnap/vmsnap/internal/qemuimg"
 	"github.com/vmsnap/vmsnap/internal/qemutest"
 	"github.com/vmsnap/vmsnap/launch"
 	"github.com/vmsnap/vmsnap/store"
@@ -449,16 +450,19 @@ func (g *cfgGuest) checkChains(t *testing.T, what string) map[string]string {
 		if b.Inserted.Driver != chain[0].Format {
 			t.Errorf("%s: disk %s: top node driver %s, image format %s", what, g.name(d), b.Inserted.Driver, chain[0].Format)
 		}
+		// QEMU 5.2 names an image whose path holds a comma by a json:
+		// pseudo-filename; qemu-img is given the file it names.
 		for _, img := range chain {
 			if img.Format == "qcow2" {
-				qemutest.Img(t, "check", "-U", img.Filename)
+				qemutest.Img(t, "check", "-U", qemuimg.PlainFilename(img.Filename))
 			}
 		}
-		info := qemutest.Img(t, "info", "-U", "--backing-chain", chain[0].Filename)
+		top := qemuimg.PlainFilename(chain[0].Filename)
+		info := qemutest.Img(t, "info", "-U", "--backing-chain", top)
 		if !strings.Contains(info, d.file) {
-			t.Errorf("%s: disk %s: qemu-img info --backing-chain %s does not reach %s:\n%s", what, g.name(d), chain[0].Filename, d.file, info)
+			t.Errorf("%s: disk %s: qemu-img info --backing-chain %s does not reach %s:\n%s", what, g.name(d), top, d.file, info)
 		}
-		tops[d.file] = chain[0].Filename
+		tops[d.file] = top
 	}
 	return tops
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/vmsnap/vmsnap/internal/merge"
 	"github.com/vmsnap/vmsnap/internal/qemu"
+	"github.com/vmsnap/vmsnap/internal/qemuimg"
 	"github.com/vmsnap/vmsnap/store"
 )
 
@@ -217,7 +218,7 @@ func (d *Domain) dropStaleNodes(ctx context.Context, image string) {
 	}
 	var format, protocol []string
 	for _, n := range nodes {
-		if n.File != image || n.Node == "" || strings.HasPrefix(n.Node, "#") {
+		if qemuimg.PlainFilename(n.File) != image || n.Node == "" || strings.HasPrefix(n.Node, "#") {
 			continue
 		}
 		if n.Driver == "file" || n.Driver == "host_device" {

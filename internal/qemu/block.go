@@ -92,8 +92,8 @@ type Cache struct {
 // and are lost when QEMU exits.
 func (in *Inserted) Temporary() bool {
 	f := in.File
-	if in.Image.Filename != "" {
-		f = in.Image.Filename
+	if in.Image.Pseudo != "" {
+		f = in.Image.Pseudo
 	}
 	return strings.HasPrefix(f, "json:") && strings.Contains(f, "/vl.")
 }
@@ -149,8 +149,11 @@ func FormatNodesByFile(nodes []Node) map[string]string {
 		if n.Driver == "file" || n.Driver == "host_device" || n.Node == "" {
 			continue
 		}
-		if _, seen := out[n.File]; !seen {
-			out[n.File] = n.Node
+		// A json: pseudo-filename (QEMU 5.2, paths with commas) is keyed
+		// by the file it names, as Image.Filename is.
+		f := qemuimg.PlainFilename(n.File)
+		if _, seen := out[f]; !seen {
+			out[f] = n.Node
 		}
 	}
 	return out

@@ -24,8 +24,13 @@ type Info struct {
 	// Filename is the image's file name as QEMU or qemu-img was given it:
 	// a path, or for images QEMU assembled itself (the temporary overlay
 	// of -snapshot, an image opened with options) a "json:{...}"
-	// pseudo-filename.
+	// pseudo-filename. A pseudo-filename whose protocol layer is a plain
+	// file is decoded to that file's path (see PlainFilename); Pseudo
+	// keeps the name QEMU reported.
 	Filename string `json:"filename"`
+	// Pseudo is the "json:{...}" pseudo-filename QEMU reported when
+	// Filename was decoded from one, else "".
+	Pseudo string `json:"-"`
 	// Format is the image format driver: "qcow2", "raw", ...
 	Format string `json:"format"`
 	// VirtualSize is the size the guest sees, in bytes.
@@ -76,6 +81,9 @@ func (i *Info) UnmarshalJSON(data []byte) error {
 		return err
 	}
 	*i = Info(p)
+	if plain := PlainFilename(i.Filename); plain != i.Filename {
+		i.Pseudo, i.Filename = i.Filename, plain
+	}
 	i.resolveBacking()
 	return nil
 }
@@ -91,7 +99,7 @@ func (i *Info) resolveBacking() {
 		// without naming it in backing-filename.
 		name = i.BackingImage.Filename
 	}
-	i.Backing = resolve(i.Filename, name)
+	i.Backing = resolve(i.Filename, PlainFilename(name))
 }
 
 // resolve makes name, a backing file named in image, a path relative to
@@ -105,6 +113,28 @@ func resolve(image, name string) string {
 		return filepath.Clean(name)
 	}
 	return filepath.Join(filepath.Dir(image), name)
+}
+
+// PlainFilename returns the path of the file under a "json:{...}"
+// pseudo-filename whose protocol layer is a plain file ({"file":
+// {"driver": "file", "filename": PATH}, ...}), as QEMU 5.2 names the top
+// image after an external snapshot of a disk whose path holds a comma;
+// any other name is returned as it is.
+func PlainFilename(name string) string {
+	js, ok := strings.CutPrefix(name, "json:")
+	if !ok {
+		return name
+	}
+	var v struct {
+		File *struct {
+			Driver   string `json:"driver"`
+			Filename string `json:"filename"`
+		} `json:"file"`
+	}
+	if json.Unmarshal([]byte(js), &v) != nil || v.File == nil || v.File.Driver != "file" || v.File.Filename == "" {
+		return name
+	}
+	return v.File.Filename
 }
 
 // hasProtocol reports whether QEMU reads name as "protocol:rest": a colon

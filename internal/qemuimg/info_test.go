@@ -147,3 +147,20 @@ func TestParseCheckCaptured(t *testing.T) {
 		t.Error("Clean true with a problem")
 	}
 }
+
+func TestPlainFilename(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		// QEMU 5.2's name of the top image after an external snapshot of a
+		// disk whose path holds a comma.
+		{`json:{"backing": {"driver": "qcow2", "file": {"driver": "file", "filename": "/d/base, 1.qcow2"}}, "driver": "qcow2", "file": {"driver": "file", "filename": "/d/data ä,, x.ext.qcow2"}}`, "/d/data ä,, x.ext.qcow2"},
+		{"/d/plain.qcow2", "/d/plain.qcow2"},
+		{`json:{"driver": "qcow2", "file": {"driver": "nbd", "server": {"type": "unix", "path": "/s"}}}`, `json:{"driver": "qcow2", "file": {"driver": "nbd", "server": {"type": "unix", "path": "/s"}}}`},
+		{`json:{"driver": "qcow2", "file": {"driver": "file"}}`, `json:{"driver": "qcow2", "file": {"driver": "file"}}`},
+		{"json:{not json", "json:{not json"},
+		{"nbd:host:10809", "nbd:host:10809"},
+	} {
+		if got := PlainFilename(tc.in); got != tc.want {
+			t.Errorf("PlainFilename(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
