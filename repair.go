@@ -22,16 +22,37 @@ import (
 // named by a pending record is checked; only one that is not clean is
 // repaired. An image that stays corrupt after the repair is an error
 // wrapping ErrInconsistent, and nothing else is settled.
+//
+// Records are not trusted to name the domain's images: only the images
+// of the disks the caller bound (Options.Disks) and their backing chains
+// are checked; any other file a record names is left alone.
 func (d *Domain) repairInterrupted(ctx context.Context, recs []*store.Record) error {
+	var pending []*store.Record
+	for _, r := range recs {
+		if r.Status != store.StatusOK || r.Labels[labelRevertWant] != "" {
+			pending = append(pending, r)
+		}
+	}
+	if len(pending) == 0 {
+		return nil
+	}
+	disks, err := d.disks(ctx)
+	if err != nil {
+		return err
+	}
+	ours := map[string]bool{}
+	for _, dk := range disks {
+		ours[dk.File] = true
+		for _, b := range dk.Backing {
+			ours[b] = true
+		}
+	}
 	seen := map[string]bool{}
 	var errs []error
-	for _, r := range recs {
-		if r.Status == store.StatusOK && r.Labels[labelRevertWant] == "" {
-			continue
-		}
+	for _, r := range pending {
 		for _, dk := range r.Disks {
 			for _, f := range []string{dk.File, dk.Overlay} {
-				if f == "" || seen[f] {
+				if f == "" || seen[f] || !ours[f] {
 					continue
 				}
 				seen[f] = true

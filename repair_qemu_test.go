@@ -113,6 +113,23 @@ func TestOfflineReconcileRepairsInterruptedDelete(t *testing.T) {
 	if _, err := off.Delete(ctx, "q", 0).Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
+
+	// A record is not trusted to name the domain's images: a pending one
+	// naming a damaged image of something else leaves that image alone.
+	other := filepath.Join(t.TempDir(), "other.qcow2")
+	qemutest.Img(t, "create", "-q", "-f", "qcow2", other, "1M")
+	writePattern(t, other, 0x21, 64<<10)
+	qemutest.CorruptRefcount(t, other, 0)
+	before := fileSum(t, other)
+	hostile := &store.Record{Name: "h", Status: store.StatusDeleting, CreationTime: time.Now(),
+		Disks: []store.Disk{{Device: "xvdz", File: other, Kind: "internal", Tag: "h"}}}
+	if err := fs.Put(ctx, uuid, hostile); err != nil {
+		t.Fatal(err)
+	}
+	_ = off.Reconcile(ctx)
+	if fileSum(t, other) != before {
+		t.Error("Reconcile repaired an image no bound disk uses, named only by a record")
+	}
 }
 
 // waitLocked waits until a process holds file's write lock.
