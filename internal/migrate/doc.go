@@ -31,15 +31,17 @@
 // # Which wins when
 //
 // Background-snapshot cannot be combined with mapped-ram or multifd in
-// QEMU. A live save uses background-snapshot wherever QEMU (≥ 6.0) and
-// the host offer it, in FormatStream: its pause is the device state's save
-// and it writes each page once. Every other save (stopped, and pre-copy
-// on QEMU 5.2 or hosts without userfaultfd write-protection) uses
-// FormatMappedRAM where QEMU has it (≥ 9.0): measured on 10.0 it saves no
-// slower than the stream and restores several times faster (parallel
-// O_DIRECT reads), and it bounds a pre-copy file at the RAM size however
-// much the guest dirties. DefaultFormat is that rule; a caller may ask
-// for FormatStream instead (CanSave).
+// QEMU. A live save uses background-snapshot wherever QEMU (≥ 6.0) and the
+// host offer it, in FormatStream: its pause is QEMU's read of guest RAM,
+// the device state's save and the write protection (see below), it does not
+// grow with how fast the guest dirties memory, and it writes each page
+// once. Every other save (stopped, and pre-copy on QEMU 5.2 or hosts
+// without userfaultfd write-protection) uses FormatMappedRAM where QEMU has
+// it (≥ 9.0): measured on 10.0 it saves no slower than the stream and
+// restores several times faster (parallel O_DIRECT reads), and it bounds a
+// pre-copy file at the RAM size however much the guest dirties.
+// DefaultFormat is that rule; a caller may ask for FormatStream instead
+// (CanSave).
 //
 // # QEMU facts
 //
@@ -60,23 +62,38 @@
 //     active until migrate-continue; migrate_cancel there resumes a guest
 //     that ran (RESUME). Without that pause the disks could only be snapped
 //     after QEMU inactivated them.
-//   - background-snapshot (userfaultfd write-protect) stops the guest,
-//     saves the device state, write-protects RAM and then, on 7.2,
-//     restarts the guest with vm_start from a bottom half, even when the
-//     guest was paused before the migration started: so it is used only
-//     for a running guest. QEMU 10.0 instead puts the run state back to
-//     what it was when its thread stopped the guest: a guest Save stopped
-//     to run atStop stays paused for the whole save (0.2 s and more), so
-//     Save resumes it itself once RAM is protected. No event marks that
-//     instant (10.0 sends MIGRATION setup, active, completed, and the
-//     status turns "active" before the thread stops the guest); the first
-//     RAM page written, seen as query-migrate's ram.remaining below
-//     ram.total, comes after it. Measured pause with 128 MiB of data in a
-//     256 MiB guest: 4–6 ms on 7.2, 6–18 ms on 10.0 on a loaded 2-core
-//     host. It refuses pause-before-switchover and most other
-//     capabilities ("Background-snapshot is not compatible with ...") and
-//     ignores max-bandwidth. A `cont` before QEMU's RESUME could run the
-//     guest ahead of the write protection.
+//   - background-snapshot (userfaultfd write-protect) runs in a thread of
+//     its own: in status "setup" it reads one byte of every page of guest
+//     RAM (so that pages never touched exist to be protected), then turns
+//     the status "active", stops the guest (STOP, unless it is paused
+//     already), saves the device state, write-protects RAM and starts the
+//     guest again from a bottom half. QEMU 7.2 starts it with vm_start
+//     even when the guest was paused before the migration started: so it
+//     is used only for a running guest, and atStop must have returned
+//     before migrate. QEMU ≥ 9.0 (read in its source; run on 10.0)
+//     instead puts the run state back to what it was when its thread
+//     stopped the guest: a guest Save stopped stays paused for the whole
+//     save (0.2 s and more), so Save resumes it itself once RAM is
+//     protected, and atStop can run after migrate, while QEMU reads RAM.
+//     No event marks the protection (10.0 sends MIGRATION setup, active,
+//     completed, and "active" comes before the thread stops the guest);
+//     the first RAM page written, seen as query-migrate's ram.remaining
+//     below ram.total, comes after it. It refuses pause-before-switchover
+//     and most other capabilities ("Background-snapshot is not compatible
+//     with ...") and ignores max-bandwidth. A `cont` before the protection
+//     could run the guest ahead of it.
+//   - Save stops the guest before migrate (the disks are snapped at the
+//     instant the file describes), so the background snapshot's read of
+//     all guest RAM is part of the guest's pause, and it costs per 4 KiB
+//     page mapped. QEMU's guest RAM starts in transparent huge pages; the
+//     first background snapshot's write protection splits them (QEMU's
+//     AnonHugePages 136 MiB → 4 MiB for a 256 MiB guest) and they stay
+//     split until the kernel's khugepaged merges them again (minutes).
+//     Measured on a 2-core host that is itself a VM (perf: the thread in
+//     ram_write_tracking_prepare): 1–2 ms for a 256 MiB guest on the
+//     first snapshot of a QEMU process, 10–25 ms on later ones, on 7.2 and
+//     10.0 alike; it grows with the guest's RAM size, not with its data.
+//     BenchmarkMemoryLivePause (package vmsnap) measures the whole pause.
 //   - migrate_cancel of a background snapshot poisons that QEMU for good.
 //     Cancelled while "active" after the guest resumed, the next HMP
 //     savevm fails with "uffd_change_protection() failed: ... errno=25",

@@ -44,7 +44,10 @@ import (
 // once the migration has ended. A background snapshot's guest is resumed
 // as soon as QEMU has write-protected its memory: QEMU 7.2 does it itself,
 // QEMU ≥ 9 leaves the run state as it found it (paused, since Save stopped
-// the guest to run atStop), so Save sends cont then.
+// the guest to run atStop), so Save sends cont then. That is also why, on
+// QEMU ≥ 9, atStop may run while the migration is in "setup" or "active":
+// the guest stays stopped from Save's stop to Save's cont, so the disks are
+// snapped at the instant the file describes.
 //
 // "Write-protected" is read from query-migrate, as no event marks it: QEMU
 // reports "active" before its migration thread takes the big QEMU lock to

@@ -238,6 +238,9 @@ type saver struct {
 	// contSent: Save sent cont to run the guest once memory was
 	// protected.
 	contSent bool
+	// haltWriteback stops asking for the writeback of the memory file
+	// without waiting (see keepWritingBack).
+	haltWriteback func()
 	// selfResumed: QEMU resumed the guest itself before a late atStop
 	// had returned, which atStopAfterMigrate rules out
 	// (checkStillStopped).
@@ -383,10 +386,11 @@ func (s *saver) run(ctx context.Context) (res Result, err error) {
 		return res, canceled(ctx, "")
 	}
 
-	stopWriteback := sync.OnceFunc(func() {})
+	haltWriteback, stopWriteback := func() {}, func() {}
 	if ep.writeback {
-		stopWriteback = keepWritingBack(f)
+		haltWriteback, stopWriteback = keepWritingBack(f)
 	}
+	s.haltWriteback = haltWriteback
 	defer func() { stopWriteback() }()
 	// Whatever ends the migration, QEMU's migration thread is waited for
 	// before anything else is asked of QEMU.
@@ -452,6 +456,12 @@ func (s *saver) run(ctx context.Context) (res Result, err error) {
 		// thread to clean up. A cont after "completed" is what every
 		// migration's user does; the wait below is for what comes next
 		// (another migration or savevm), which must not race the thread.
+		// No more writeback of the memory file is asked for first
+		// (pre-copy halted it at the pause already): cont reactivates
+		// the images, which flushes them, and flushes queued behind the
+		// file's writeback kept the guest stopped up to 70 ms longer
+		// (QEMU 5.2, two disks).
+		haltWriteback()
 		if err := s.resume(ctx); err != nil {
 			return res, err
 		}
@@ -503,10 +513,13 @@ func (s *saver) release(ctx context.Context, ep *endpoint) error {
 
 // keepWritingBack asks the kernel every writebackInterval to write f's
 // dirty pages while QEMU writes it, so the fsync at the end has little
-// left to do. The returned function stops it; it may be called again.
-func keepWritingBack(f *os.File) (stop func()) {
+// left to do. halt stops asking without waiting (a request under way, which
+// can block while the disk is busy, finishes on its own); stop also waits
+// for it. Both may be called more than once.
+func keepWritingBack(f *os.File) (halt, stop func()) {
 	done := make(chan struct{})
 	stopped := make(chan struct{})
+	halt = sync.OnceFunc(func() { close(done) })
 	go func() {
 		defer close(stopped)
 		tick := time.NewTicker(writebackInterval)
@@ -520,7 +533,7 @@ func keepWritingBack(f *os.File) (stop func()) {
 			}
 		}
 	}()
-	return sync.OnceFunc(func() { close(done); <-stopped })
+	return halt, func() { halt(); <-stopped }
 }
 
 // runAtStop runs the caller's atStop, if any.
@@ -697,6 +710,11 @@ func (s *saver) wait(ctx context.Context, cancelledNow bool, atStopErr error) (m
 			return info, fmt.Errorf("migration status %q after migrate", info.Status)
 		case info.Status == statusPreSwitchover && s.mode == Precopy && !continued && !cancelled && abandon == nil:
 			continued = true
+			// The guest is stopped until cont: no more writeback I/O of
+			// the memory file for atStop's and QEMU's flushes (the
+			// transaction, the images' inactivation and reactivation)
+			// to queue behind. What is left to write is the last pass.
+			s.haltWriteback()
 			if err := s.runAtStop(ctx); err != nil {
 				if errors.Is(err, sentinel.ErrCanceled) {
 					cancelled = true
