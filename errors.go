@@ -42,6 +42,10 @@ var (
 	// guest boots from its disks); RevertForce allows it. libvirt's
 	// VIR_ERR_SNAPSHOT_REVERT_RISKY.
 	ErrRevertRisky = errors.New("revert would discard the running guest")
+	// ErrImageInUse: another process (a QEMU started too early, a
+	// qemu-img) holds the lock of an image that must be changed while no
+	// QEMU has it open, such as the repair after a QEMU died.
+	ErrImageInUse = errors.New("image in use by another process")
 )
 
 // Error is the error every operation returns: it names the operation, the

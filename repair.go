@@ -8,6 +8,7 @@ import (
 	"os"
 
 	"github.com/vmsnap/vmsnap/internal/merge"
+	"github.com/vmsnap/vmsnap/internal/qemuimg"
 	"github.com/vmsnap/vmsnap/store"
 )
 
@@ -23,9 +24,10 @@ import (
 // repaired. An image that stays corrupt after the repair is an error
 // wrapping ErrInconsistent, and nothing else is settled.
 //
-// Records are not trusted to name the domain's images: only the images
-// of the disks the caller bound (Options.Disks) and their backing chains
-// are checked; any other file a record names is left alone.
+// Records are not trusted to name the domain's images: only the qcow2
+// images of the disks the caller bound (Options.Disks) and their backing
+// chains are checked (read as qcow2, never probed); any other file a
+// record names is left alone.
 func (d *Domain) repairInterrupted(ctx context.Context, recs []*store.Record) error {
 	var pending []*store.Record
 	for _, r := range recs {
@@ -36,15 +38,17 @@ func (d *Domain) repairInterrupted(ctx context.Context, recs []*store.Record) er
 	if len(pending) == 0 {
 		return nil
 	}
-	disks, err := d.disks(ctx)
-	if err != nil {
-		return err
-	}
+	// The qcow2 images of the bound disks' chains, as qemu-img reads them.
 	ours := map[string]bool{}
-	for _, dk := range disks {
-		ours[dk.File] = true
-		for _, b := range dk.Backing {
-			ours[b] = true
+	for _, od := range d.opts.Disks {
+		chain, err := d.img.InfoChain(ctx, od.File)
+		if err != nil {
+			return &DiskError{Disk: od.Device, Err: err}
+		}
+		for _, img := range chain {
+			if img.Format == "qcow2" {
+				ours[img.Filename] = true
+			}
 		}
 	}
 	seen := map[string]bool{}
@@ -65,16 +69,21 @@ func (d *Domain) repairInterrupted(ctx context.Context, recs []*store.Record) er
 	return errors.Join(errs...)
 }
 
-// repairImage checks file and repairs it when the check is not clean.
-// A file that does not exist is left to the settling that follows.
+// repairImage checks the qcow2 image file and repairs it when the check
+// is not clean. A file that does not exist or is still empty (an overlay
+// reserved but never written) is left to the settling that follows. An
+// image another process holds is an error wrapping ErrImageInUse.
 func (d *Domain) repairImage(ctx context.Context, file string) error {
-	if _, err := os.Lstat(file); err != nil {
+	if fi, err := os.Lstat(file); err != nil || fi.Size() == 0 {
 		return nil
 	}
 	// A repair cut short leaves refcounts half rebuilt: it runs to its end.
 	ctx = context.WithoutCancel(ctx)
 	c, err := d.img.Check(ctx, file)
 	if err != nil {
+		if qemuimg.IsLocked(err) {
+			return fmt.Errorf("%w: check %s (start QEMU only after Reconcile): %w", ErrImageInUse, file, err)
+		}
 		return fmt.Errorf("check %s: %w", file, err)
 	}
 	if c.Clean() {
@@ -82,6 +91,9 @@ func (d *Domain) repairImage(ctx context.Context, file string) error {
 	}
 	c, err = d.img.Repair(ctx, file)
 	if err != nil {
+		if qemuimg.IsLocked(err) {
+			return fmt.Errorf("%w: repair %s (start QEMU only after Reconcile): %w", ErrImageInUse, file, err)
+		}
 		return fmt.Errorf("repair %s: %w", file, err)
 	}
 	if log := d.opts.Logger; log != nil {

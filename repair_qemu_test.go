@@ -2,9 +2,9 @@ package vmsnap_test
 
 import (
 	"errors"
-	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -58,32 +58,22 @@ func TestOfflineReconcileRepairsInterruptedDelete(t *testing.T) {
 
 	// Something holds the image (a QEMU started too early): nothing is
 	// changed, and the error says which image could not be checked.
-	holder := exec.Command("qemu-io", "-f", "qcow2", disk)
-	stdin, err := holder.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := holder.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
-	waitLocked(t, disk)
-	held := fileSum(t, disk)
+	release := qemutest.HoldImage(t, disk)
+	sum := fileSum(t, disk)
 	off, err := vmsnap.OpenOffline(ctx, uuid, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := off.Reconcile(ctx); err == nil {
-		t.Fatal("Reconcile while another process holds the image succeeded")
+	if err := off.Reconcile(ctx); !errors.Is(err, vmsnap.ErrImageInUse) || !strings.Contains(err.Error(), disk) {
+		t.Fatalf("Reconcile while another process holds the image: %v; want ErrImageInUse naming %s", err, disk)
 	}
-	if fileSum(t, disk) != held {
+	if fileSum(t, disk) != sum {
 		t.Error("the refused Reconcile changed the image")
 	}
 	if r, err := fs.Get(ctx, uuid, "p"); err != nil || r.Status != store.StatusDeleting {
 		t.Errorf("after the refused Reconcile: %+v, %v; want the delete intent kept", r, err)
 	}
-	stdin.Close()
-	holder.Wait()
+	release()
 
 	if err := off.Reconcile(ctx); err != nil {
 		t.Fatalf("Reconcile: %v", err)
@@ -130,15 +120,4 @@ func TestOfflineReconcileRepairsInterruptedDelete(t *testing.T) {
 	if fileSum(t, other) != before {
 		t.Error("Reconcile repaired an image no bound disk uses, named only by a record")
 	}
-}
-
-// waitLocked waits until a process holds file's write lock.
-func waitLocked(t *testing.T, file string) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if err := exec.Command("qemu-img", "info", file).Run(); err != nil {
-			return
-		}
-	}
-	t.Fatalf("nothing took the lock of %s", file)
 }

@@ -116,25 +116,36 @@ func resolve(image, name string) string {
 }
 
 // PlainFilename returns the path of the file under a "json:{...}"
-// pseudo-filename whose protocol layer is a plain file ({"file":
-// {"driver": "file", "filename": PATH}, ...}), as QEMU 5.2 names the top
-// image after an external snapshot of a disk whose path holds a comma;
-// any other name is returned as it is.
+// pseudo-filename that is no more than a format layer on a plain file
+// ({"driver": FORMAT, "file": {"driver": "file", "filename": PATH}}, with
+// an optional "backing"), as QEMU 5.2 names the top image after an
+// external snapshot of a disk whose path holds a comma. Any other name,
+// and any pseudo-filename with more options (a raw slice's offset and
+// size, a protocol other than file, cache or locking options), is
+// returned as it is: the path alone would not name what the node shows.
 func PlainFilename(name string) string {
 	js, ok := strings.CutPrefix(name, "json:")
 	if !ok {
 		return name
 	}
-	var v struct {
-		File *struct {
-			Driver   string `json:"driver"`
-			Filename string `json:"filename"`
-		} `json:"file"`
-	}
-	if json.Unmarshal([]byte(js), &v) != nil || v.File == nil || v.File.Driver != "file" || v.File.Filename == "" {
+	var top map[string]json.RawMessage
+	if json.Unmarshal([]byte(js), &top) != nil {
 		return name
 	}
-	return v.File.Filename
+	var file map[string]string
+	if json.Unmarshal(top["file"], &file) != nil || len(file) != 2 || file["driver"] != "file" || file["filename"] == "" {
+		return name
+	}
+	var driver string
+	if json.Unmarshal(top["driver"], &driver) != nil || driver == "" {
+		return name
+	}
+	for k := range top {
+		if k != "driver" && k != "file" && k != "backing" {
+			return name
+		}
+	}
+	return file["filename"]
 }
 
 // hasProtocol reports whether QEMU reads name as "protocol:rest": a colon

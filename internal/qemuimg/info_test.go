@@ -157,6 +157,10 @@ func TestPlainFilename(t *testing.T) {
 		{`json:{"driver": "qcow2", "file": {"driver": "nbd", "server": {"type": "unix", "path": "/s"}}}`, `json:{"driver": "qcow2", "file": {"driver": "nbd", "server": {"type": "unix", "path": "/s"}}}`},
 		{`json:{"driver": "qcow2", "file": {"driver": "file"}}`, `json:{"driver": "qcow2", "file": {"driver": "file"}}`},
 		{"json:{not json", "json:{not json"},
+		// A raw slice of a file: the path alone would show the whole file.
+		{`json:{"offset": 4096, "driver": "raw", "size": 1048576, "file": {"driver": "file", "filename": "/d/x.raw"}}`, `json:{"offset": 4096, "driver": "raw", "size": 1048576, "file": {"driver": "file", "filename": "/d/x.raw"}}`},
+		{`json:{"driver": "qcow2", "file": {"driver": "file", "filename": "/d/x.qcow2", "locking": "off"}}`, `json:{"driver": "qcow2", "file": {"driver": "file", "filename": "/d/x.qcow2", "locking": "off"}}`},
+		{`json:{"file": {"driver": "file", "filename": "/d/x.qcow2"}}`, `json:{"file": {"driver": "file", "filename": "/d/x.qcow2"}}`},
 		{"nbd:host:10809", "nbd:host:10809"},
 	} {
 		if got := PlainFilename(tc.in); got != tc.want {

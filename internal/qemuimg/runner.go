@@ -216,15 +216,16 @@ func (r Runner) Rebase(ctx context.Context, file, base, baseFormat string) error
 	return nil
 }
 
-// Check checks file's consistency (`qemu-img check --output=json`), which
-// needs the image not to be in use. Corruptions and leaks are reported in
+// Check checks the qcow2 image file's consistency (`qemu-img check -f
+// qcow2 --output=json`), which needs the image not to be in use. Corruptions and leaks are reported in
 // the result, not as an error (see Check.Clean); the error is for a check
 // that could not run.
 func (r Runner) Check(ctx context.Context, file string) (*Check, error) {
 	return r.check(ctx, file)
 }
 
-// Repair checks file and repairs what it finds (`qemu-img check -r all`):
+// Repair checks the qcow2 image file and repairs what it finds
+// (`qemu-img check -f qcow2 -r all`):
 // leaked clusters, refcounts that disagree with the references, the
 // COPIED flags a QEMU killed in the middle of an internal snapshot
 // operation leaves wrong. It needs the image's write lock: it fails while
@@ -237,7 +238,9 @@ func (r Runner) Repair(ctx context.Context, file string) (*Check, error) {
 }
 
 func (r Runner) check(ctx context.Context, file string, opts ...string) (*Check, error) {
-	args := append(append([]string{"check", "--output=json"}, opts...), "--", file)
+	// -f qcow2: a format probe could take a qcow2 header a guest wrote
+	// into a raw disk for the image's own.
+	args := append(append([]string{"check", "-f", "qcow2", "--output=json"}, opts...), "--", file)
 	out, err := r.Output(ctx, args...)
 	var ee *exec.ExitError
 	if err != nil && !(errors.As(err, &ee) && (ee.ExitCode() == 2 || ee.ExitCode() == 3) && len(out) > 0) {
@@ -249,4 +252,11 @@ func (r Runner) check(ctx context.Context, file string, opts ...string) (*Check,
 		return nil, fmt.Errorf("qemuimg: parse check of %s: %w", file, jerr)
 	}
 	return &c, nil
+}
+
+// IsLocked reports whether err is a qemu-img run that failed because
+// another process (a QEMU, another qemu-img) holds the image's lock.
+func IsLocked(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && strings.Contains(e.Stderr, "Failed to get") && strings.Contains(e.Stderr, "lock")
 }

@@ -249,7 +249,17 @@ func TestRunnerRepair(t *testing.T) {
 	if !qemutest.ReadPattern(t, img, 0, 4096, 0x5a) {
 		t.Error("the data is gone after the repair")
 	}
-	if _, err := r.Repair(ctx, filepath.Join(dir, "missing.qcow2")); err == nil {
-		t.Error("Repair of a missing file succeeded")
+	if _, err := r.Repair(ctx, filepath.Join(dir, "missing.qcow2")); err == nil || qemuimg.IsLocked(err) {
+		t.Errorf("Repair of a missing file: %v", err)
+	}
+	// An image another process holds is neither checked nor repaired.
+	release := qemutest.HoldImage(t, img)
+	defer release()
+	_, err = r.Check(ctx, img)
+	if !qemuimg.IsLocked(err) {
+		t.Errorf("Check of a held image: %v; want IsLocked", err)
+	}
+	if _, err := r.Repair(ctx, img); !qemuimg.IsLocked(err) {
+		t.Errorf("Repair of a held image: %v; want IsLocked", err)
 	}
 }
