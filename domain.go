@@ -175,6 +175,14 @@ func OpenOffline(ctx context.Context, uuid string, opts Options) (*Domain, error
 // left in the store by asking QEMU (or the images) what really happened,
 // restarting QEMU through the Launcher when a revert that restarts it was
 // cut short. It returns the problems it could not settle.
+//
+// On a domain bound with OpenOffline and its disks after its QEMU died,
+// it first repairs the qcow2 images a killed QEMU can leave damaged
+// (ErrImageInUse while another process holds one), then settles what
+// needs no QEMU. Revert intents and deletes whose merge QEMU must run are
+// left, without an error, for the Reconcile of the running domain: start
+// QEMU paused, Open it, Reconcile, and start the guest only if it is still
+// in prelaunch (see README).
 func (d *Domain) Reconcile(ctx context.Context) error {
 	_, err := run(ctx, d, "reconcile", "", func(ctx context.Context, op *Op[struct{}], reconcileErr error) (struct{}, error) {
 		return struct{}{}, reconcileErr

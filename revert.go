@@ -102,11 +102,7 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 	if p.vmstate == vmstateJobs {
 		jobID = qemu.NewJobID("load")
 	}
-	prev, err := d.store.Current(ctx, d.uuid)
-	if err != nil {
-		return nil, err
-	}
-	in := revertIntent{Want: wantRunning, Was: st.Running, Job: jobID, Prev: prev}
+	in := revertIntent{Want: wantRunning, Was: st.Running, Job: jobID}
 	if err := d.setRevertIntent(ctx, s.Name, &in); err != nil {
 		return nil, err
 	}
@@ -160,6 +156,12 @@ func (d *Domain) revert(ctx context.Context, op *Op[*DomainSnapshot], name strin
 		}
 		return nil, errors.Join(err, d.setRevertIntent(ctx, s.Name, nil))
 	}
+	// Loaded, durably, before the guest runs again: a crash from here on
+	// finishes the revert without loading it again.
+	in.Loaded = true
+	if err := d.setRevertIntent(ctx, s.Name, &in); err != nil {
+		return nil, err
+	}
 	if wantRunning {
 		op.setPhase(PhaseResuming)
 		if err := d.restoreRunning(ctx, true); err != nil {
@@ -187,14 +189,17 @@ type revertIntent struct {
 	Want bool   // the guest should run after the revert
 	Was  bool   // the guest ran before it
 	Job  string // the snapshot-load job id ("" for HMP loadvm)
-	Prev string // the current snapshot before the revert
+	// Loaded is set, durably, once the load succeeded and before the
+	// guest runs again: from then on the revert is finished, never
+	// loaded again (which would throw away what the guest did since).
+	Loaded bool
 }
 
 const (
 	labelRevertWant = "vmsnap.revert-want-running"
 	labelRevertWas  = "vmsnap.revert-was-running"
 	labelRevertJob  = "vmsnap.revert-job"
-	labelRevertPrev = "vmsnap.revert-prev-current"
+	labelRevertLoaded = "vmsnap.revert-loaded"
 )
 
 // setRevertIntent stores in (nil clears it) on the record of name.
@@ -207,7 +212,7 @@ func (d *Domain) setRevertIntent(ctx context.Context, name string, in *revertInt
 	delete(r.Labels, labelRevertWant)
 	delete(r.Labels, labelRevertWas)
 	delete(r.Labels, labelRevertJob)
-	delete(r.Labels, labelRevertPrev)
+	delete(r.Labels, labelRevertLoaded)
 	if in != nil {
 		if r.Labels == nil {
 			r.Labels = map[string]string{}
@@ -215,22 +220,30 @@ func (d *Domain) setRevertIntent(ctx context.Context, name string, in *revertInt
 		r.Labels[labelRevertWant] = strconv.FormatBool(in.Want)
 		r.Labels[labelRevertWas] = strconv.FormatBool(in.Was)
 		r.Labels[labelRevertJob] = in.Job
-		r.Labels[labelRevertPrev] = in.Prev
+		if in.Loaded {
+			r.Labels[labelRevertLoaded] = "true"
+		}
 	}
 	return d.putRecord(ctx, r)
 }
 
-// reconcileRevert finishes a revert that was interrupted: if its
-// snapshot-load job concluded without error the snapshot becomes current
-// and the guest is left as the revert wanted; if the job failed after QEMU
-// may have reverted disks, the guest stays paused; otherwise it is left as
-// it was before the revert.
+// reconcileRevert finishes a revert that was interrupted. With the loaded
+// mark, or a snapshot-load job that concluded without error, the snapshot
+// becomes current and the guest is left as the revert wanted; if the job
+// failed after QEMU may have reverted disks, the guest stays paused; when
+// nothing tells whether the load happened, the snapshot is loaded again.
 func (d *Domain) reconcileRevert(ctx context.Context, r *store.Record) error {
 	want, was := r.Labels[labelRevertWant] == "true", r.Labels[labelRevertWas] == "true"
 	loaded := false
 	var failed error
 	unknown := true // whether the load happened cannot be told
-	if id := r.Labels[labelRevertJob]; id != "" {
+	if r.Labels[labelRevertLoaded] == "true" {
+		// The load succeeded and the guest may have run since.
+		unknown, loaded = false, true
+		if id := r.Labels[labelRevertJob]; id != "" {
+			_ = qemu.Dismiss(ctx, d.mon, id)
+		}
+	} else if id := r.Labels[labelRevertJob]; id != "" {
 		j, err := qemu.WaitJob(ctx, d.mon, id)
 		switch {
 		case errors.Is(err, qemu.ErrNoJob):
@@ -246,25 +259,12 @@ func (d *Domain) reconcileRevert(ctx context.Context, r *store.Record) error {
 		}
 	}
 	if unknown {
-		// No job tells (QEMU never started the load, was restarted in the
-		// middle of it, or the load was HMP's): the disks may hold
-		// different points in time. The revert is finished by loading the
-		// snapshot again, unless it had already been committed. With a job
-		// the revert is committed only after QEMU has the job, and the job
-		// is kept until then: no job means no commit. Without one (HMP),
-		// "current" moved to the snapshot tells, unless it was current
-		// before the revert too.
-		committed := false
-		if r.Labels[labelRevertJob] == "" {
-			current, err := d.store.Current(ctx, d.uuid)
-			if err != nil {
-				return err
-			}
-			committed = current == r.Name && r.Labels[labelRevertPrev] != r.Name
-		}
-		if committed {
-			loaded = true
-		} else if err := d.reload(ctx, fromRecord(r)); err != nil {
+		// Neither the loaded mark nor a job tells (QEMU never started the
+		// load, was restarted in the middle of it, or the load was HMP's),
+		// and the guest has not run since we stopped it: the disks may
+		// hold different points in time. The revert is finished by
+		// loading the snapshot again.
+		if err := d.reload(ctx, fromRecord(r)); err != nil {
 			failed = err
 		} else {
 			loaded = true

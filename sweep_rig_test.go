@@ -632,12 +632,30 @@ func (e *sweepEnv) bindAfter(ctx context.Context, chains map[string][]string) (*
 	if err := off.Reconcile(ctx); err != nil {
 		return nil, fmt.Errorf("no QEMU runs; Reconcile of the shut-off domain on %+v: %w", offline, err)
 	}
+	// Started paused: what the running domain's reconcile still has to
+	// do (a revert loads its snapshot again) happens before the guest
+	// runs; a guest it leaves in prelaunch is then started.
+	spec.ExtraArgs = append(spec.ExtraArgs, "-S")
 	mon, err := ex.Start(ctx, spec)
 	if err != nil {
 		return nil, fmt.Errorf("restart QEMU on %+v: %w", spec.Disks, err)
 	}
 	e.t.Cleanup(func() { mon.Close() })
-	return vmsnap.Open(ctx, mon, vmsnap.Options{Store: e.fs, Launcher: ex})
+	dom, err := vmsnap.Open(ctx, mon, vmsnap.Options{Store: e.fs, Launcher: ex})
+	if err != nil {
+		return nil, err
+	}
+	if err := dom.Reconcile(ctx); err != nil {
+		return nil, fmt.Errorf("Reconcile of the restarted QEMU: %w", err)
+	}
+	if st, err := qmp.QueryStatus(ctx, mon); err != nil {
+		return nil, err
+	} else if st.State == qmp.RunStatePrelaunch {
+		if err := mon.Execute(ctx, "cont", nil, nil); err != nil {
+			return nil, err
+		}
+	}
+	return dom, nil
 }
 
 // sweepCheck says what a settled point must show beyond the common checks.
