@@ -24,6 +24,8 @@
 //     is safe, when the guest ends in "postmigrate", and what a cancel does
 //     in each migration status. Save and Settle both follow these rules.
 //   - save.go, load.go, settle.go: the three operations.
+//   - trace.go: WithTrace, which timestamps each step of a save (where a
+//     live save's pause goes).
 //
 // No path built by this package ever reaches QEMU: files are opened here
 // and passed over the QMP socket (qmp.FileSender).
