@@ -59,6 +59,9 @@ import (
 const (
 	labelMerging    = "vmsnap.merging."
 	labelMergingJob = "vmsnap.merging-job."
+	// labelMergingPivot + disk index: the active commit of that disk was
+	// about to be completed (merge.Disk.Pivoting).
+	labelMergingPivot = "vmsnap.merging-pivot."
 )
 
 // mergeStepTimeout bounds how long settling a leftover job may wait.
@@ -141,7 +144,7 @@ func (d *Domain) runDiskMerge(ctx context.Context, r *store.Record, dp merge.Dis
 		if err := d.markMerging(ctx, r, dp.Index, dp.Child, jobID); err != nil {
 			return err
 		}
-		if err := d.mergeChild(ctx, dp, jobID, disks, nodes); err != nil {
+		if err := d.mergeChild(ctx, r, dp, jobID, disks, nodes); err != nil {
 			return err
 		}
 		if dp.Method != merge.MethodOfflineCommit {
@@ -162,6 +165,7 @@ func (d *Domain) runDiskMerge(ctx context.Context, r *store.Record, dp merge.Dis
 		}
 	}
 	jobID := r.Labels[labelMergingJob+strconv.Itoa(dp.Index)]
+	delete(r.Labels, labelMergingPivot+strconv.Itoa(dp.Index))
 	if err := d.markDiskDeleted(ctx, r, dp.Index); err != nil {
 		return err
 	}
@@ -172,7 +176,7 @@ func (d *Domain) runDiskMerge(ctx context.Context, r *store.Record, dp merge.Dis
 }
 
 // mergeChild merges dp.Child into dp.Frozen by the planned method.
-func (d *Domain) mergeChild(ctx context.Context, dp merge.DiskPlan, jobID string, disks []Disk, nodes map[string]string) error {
+func (d *Domain) mergeChild(ctx context.Context, r *store.Record, dp merge.DiskPlan, jobID string, disks []Disk, nodes map[string]string) error {
 	if dp.Method == merge.MethodOfflineCommit {
 		return d.img.Commit(ctx, dp.Child)
 	}
@@ -202,7 +206,21 @@ func (d *Domain) mergeChild(ctx context.Context, dp merge.DiskPlan, jobID string
 	// The concluded job is kept in QEMU until the disk's bookkeeping is
 	// done: a rerun after a crash in between finds it, and knows the QEMU
 	// that merged still runs (see settleMergeJobs).
-	return qemu.RunJob(ctx, d.mon, qemu.Job{ID: jobID, Command: "block-commit", Args: args, CompleteWhenReady: top == "", Keep: true})
+	// Before QEMU switches the disk onto the frozen image, the pivot mark:
+	// a QEMU killed after the switch restarted on the frozen image then
+	// runs on the finished merge (merge.Disk.Pivoting).
+	pivot := func() error { return d.markPivot(ctx, r, dp.Index) }
+	return qemu.RunJob(ctx, d.mon, qemu.Job{ID: jobID, Command: "block-commit", Args: args, CompleteWhenReady: top == "", BeforeComplete: pivot, Keep: true})
+}
+
+// markPivot records on r that disk idx's active commit is about to be
+// completed (see merge.Disk.Pivoting).
+func (d *Domain) markPivot(ctx context.Context, r *store.Record, idx int) error {
+	if r.Labels == nil {
+		r.Labels = map[string]string{}
+	}
+	r.Labels[labelMergingPivot+strconv.Itoa(idx)] = "true"
+	return d.putRecord(ctx, r)
 }
 
 // dropStaleNodes removes from QEMU's graph the nodes still open on image
@@ -246,7 +264,8 @@ func (d *Domain) settleMergeJobs(ctx context.Context, r *store.Record) (bool, er
 		if !strings.HasPrefix(k, labelMergingJob) || id == "" {
 			continue
 		}
-		err := d.settleJob(ctx, id)
+		idx, _ := strconv.Atoi(strings.TrimPrefix(k, labelMergingJob))
+		err := d.settleJob(ctx, id, func() error { return d.markPivot(ctx, r, idx) })
 		switch {
 		case errors.Is(err, qemu.ErrNoJob):
 			continue
@@ -261,7 +280,7 @@ func (d *Domain) settleMergeJobs(ctx context.Context, r *store.Record) (bool, er
 // settleJob waits for job id to conclude, completing it when it waits in
 // "ready", and dismisses it. A job that failed is dismissed too; the
 // planner then sees the graph the failure left.
-func (d *Domain) settleJob(ctx context.Context, id string) error {
+func (d *Domain) settleJob(ctx context.Context, id string, beforeComplete func() error) error {
 	wctx, cancel := context.WithTimeout(ctx, mergeStepTimeout)
 	defer cancel()
 	for {
@@ -271,6 +290,9 @@ func (d *Domain) settleJob(ctx context.Context, id string) error {
 		}
 		switch j.Status {
 		case "ready":
+			if err := beforeComplete(); err != nil {
+				return err
+			}
 			if err := qemu.Complete(wctx, d.mon, id); err != nil {
 				return fmt.Errorf("complete the commit an earlier run left: %w", err)
 			}

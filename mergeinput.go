@@ -83,7 +83,7 @@ func (d *Domain) mergeInput(ctx context.Context, r *store.Record, recs []*store.
 		}
 		mr := merge.Record{Name: rr.Name}
 		for i, dd := range rr.Disks {
-			mr.Disks = append(mr.Disks, merge.Disk{Device: dd.Device, Kind: dd.Kind, File: dd.File, Overlay: dd.Overlay, Removed: dd.Removed, Merging: rr.Labels[labelMerging+strconv.Itoa(i)]})
+			mr.Disks = append(mr.Disks, merge.Disk{Device: dd.Device, Kind: dd.Kind, File: dd.File, Overlay: dd.Overlay, Removed: dd.Removed, Merging: rr.Labels[labelMerging+strconv.Itoa(i)], Pivoting: rr.Labels[labelMergingPivot+strconv.Itoa(i)] == "true"})
 		}
 		for k, f := range rr.Labels {
 			if strings.HasPrefix(k, labelRevertOverlay) {

@@ -79,6 +79,12 @@ type Disk struct {
 	// of a delete of this snapshot started to merge into File, written
 	// to the record before the merge starts. "" when none was written.
 	Merging string
+	// Pivoting is the executor's second mark for an active commit of
+	// Merging: written just before QEMU was asked to complete the job
+	// (switch the disk onto File). QEMU flushes File before it switches,
+	// so a domain found running directly on File after that mark runs on
+	// the finished merge.
+	Pivoting bool
 }
 
 // Record is what the planner needs of one snapshot record.

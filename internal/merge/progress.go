@@ -85,7 +85,9 @@ type DiskProgress struct {
 //     in.SameQEMU (the QEMU that merged is still running, so its view of F
 //     is complete), or C is unknown and Renamed is not empty (the earlier
 //     run saw the merge succeed; without a mark there is nothing to
-//     relink onto).
+//     relink onto), or the domain runs directly on F after the Pivoting
+//     mark (QEMU flushed F and switched onto it: the active commit
+//     completed).
 //  6. Otherwise the frozen image cannot be trusted to hold C's data (a
 //     QEMU killed after rewriting the backing link may never have written
 //     F's metadata), and C still holds it:
@@ -173,6 +175,11 @@ func (p *planner) classify(i int, d Disk) (DiskProgress, error) {
 	}
 	switch {
 	case c != "" && !cExists, p.in.SameQEMU, c == "" && len(dp.Renamed) > 0:
+		dp.Progress = ProgressMerged
+		return dp, nil
+	case topF && d.Pivoting && c != "":
+		// QEMU completed the active commit (it was asked to, and the
+		// disk is on F, where only that completion puts it).
 		dp.Progress = ProgressMerged
 		return dp, nil
 	case topF:

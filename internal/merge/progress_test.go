@@ -84,6 +84,33 @@ func TestClassify(t *testing.T) {
 			refused: []refused{{"vda", ReasonFrozenActive, []string{o2, o3}}},
 		},
 		{
+			name: "QEMU was killed after completing the leaf's active commit and restarted on the frozen image: merged",
+			in: Input{
+				Graph: linearGraph, Online: true, Chains: []Chain{chain("vda", o2, o1, base)},
+				Records: []Record{rec("e1", ext("vda", base, o1)), rec("e2", ext("vda", o1, o2)), rec("e3", pivoting(mark(ext("vda", o2, o3), o3)))},
+				Delete:  "e3", Resume: true,
+			},
+			want: []DiskProgress{{Device: "vda", Progress: ProgressMerged, Child: o3}},
+		},
+		{
+			name: "the same, the domain shut off on the frozen image: merged",
+			in: Input{
+				Graph: linearGraph, Chains: []Chain{chain("vda", o2, o1, base)},
+				Records: []Record{rec("e1", ext("vda", base, o1)), rec("e2", ext("vda", o1, o2)), rec("e3", pivoting(mark(ext("vda", o2, o3), o3)))},
+				Delete:  "e3", Resume: true,
+			},
+			want: []DiskProgress{{Device: "vda", Progress: ProgressMerged, Child: o3}},
+		},
+		{
+			name: "the pivot mark, but the domain runs on the leaf: the merge is redone",
+			in: Input{
+				Graph: linearGraph, Online: true, Chains: []Chain{chain("vda", o3, o2, o1, base)},
+				Records: []Record{rec("e1", ext("vda", base, o1)), rec("e2", ext("vda", o1, o2)), rec("e3", pivoting(mark(ext("vda", o2, o3), o3)))},
+				Delete:  "e3", Resume: true,
+			},
+			want: []DiskProgress{{Device: "vda", Progress: ProgressNotStarted, Child: o3}},
+		},
+		{
 			name: "the marked child is no longer backed by the frozen image",
 			in: Input{
 				Graph: graph(base, "", o1, base, o2, x), Online: true, Chains: []Chain{chain("vda", o2, x)},
@@ -257,3 +284,6 @@ func TestPlanDeleteResume(t *testing.T) {
 		})
 	}
 }
+
+// pivoting sets the pivot mark of d.
+func pivoting(d Disk) Disk { d.Pivoting = true; return d }

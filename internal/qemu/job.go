@@ -144,6 +144,9 @@ type Job struct {
 	// CompleteWhenReady sends job-complete when the job reports "ready"
 	// (an active block-commit or a mirror waits there for it).
 	CompleteWhenReady bool
+	// BeforeComplete, when not nil, runs just before job-complete is
+	// sent; its error stops RunJob (the job is left ready in QEMU).
+	BeforeComplete func() error
 	// Keep leaves a successful job concluded in QEMU, undismissed, as
 	// evidence for reconciliation until the caller has recorded its
 	// outcome and calls Dismiss. A failed job is always dismissed.
@@ -206,6 +209,11 @@ func RunJob(ctx context.Context, mon qmp.Monitor, job Job) error {
 				continue
 			}
 			if data.Status == "ready" && job.CompleteWhenReady {
+				if job.BeforeComplete != nil {
+					if err := job.BeforeComplete(); err != nil {
+						return fmt.Errorf("before completing job %s: %w", id, err)
+					}
+				}
 				if err := Complete(wctx, mon, id); err != nil {
 					return fmt.Errorf("complete job %s: %w", id, err)
 				}
