@@ -1,7 +1,9 @@
 package vmsnap_test
 
 import (
+	"bytes"
 	"errors"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -119,5 +121,62 @@ func TestOfflineReconcileRepairsInterruptedDelete(t *testing.T) {
 	_ = off.Reconcile(ctx)
 	if fileSum(t, other) != before {
 		t.Error("Reconcile repaired an image no bound disk uses, named only by a record")
+	}
+}
+
+// The repair reads qcow2 images only: a pending record of an external
+// snapshot of a raw disk, cut short after its overlay was reserved (an
+// empty file), is settled offline as before: the record and the empty
+// overlay go, the raw image is untouched.
+func TestOfflineReconcileRawDiskInterruptedCreate(t *testing.T) {
+	qemutest.RequireImg(t)
+	ctx := testCtx(t)
+	dir := t.TempDir()
+	raw := filepath.Join(dir, "d0.raw")
+	qemutest.Img(t, "create", "-q", "-f", "raw", raw, "1M")
+	writePatternRaw(t, raw, 0x3c)
+	overlay := filepath.Join(dir, "d0.e.qcow2")
+	if err := os.WriteFile(overlay, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	fs, err := store.NewFileStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const uuid = "55555555-5555-5555-5555-555555555555"
+	r := &store.Record{Name: "e", Status: store.StatusCreating, CreationTime: time.Now(),
+		Disks: []store.Disk{{Device: "xvda", File: raw, Kind: "external", Overlay: overlay}}}
+	if err := fs.Put(ctx, uuid, r); err != nil {
+		t.Fatal(err)
+	}
+	before := fileSum(t, raw)
+	dom, err := vmsnap.OpenOffline(ctx, uuid, vmsnap.Options{Store: fs, Disks: []vmsnap.OfflineDisk{{Device: "xvda", File: raw}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := dom.Reconcile(ctx); err != nil {
+		t.Fatalf("Reconcile: %v", err)
+	}
+	if _, err := fs.Get(ctx, uuid, "e"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("record after Reconcile: %v, want ErrNotFound", err)
+	}
+	if _, err := os.Lstat(overlay); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the empty reserved overlay is still there: %v", err)
+	}
+	if fileSum(t, raw) != before {
+		t.Error("Reconcile changed the raw image")
+	}
+}
+
+// writePatternRaw fills the first 64 KiB of the raw image file with b.
+func writePatternRaw(t *testing.T, file string, b byte) {
+	t.Helper()
+	f, err := os.OpenFile(file, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.Write(bytes.Repeat([]byte{b}, 64<<10)); err != nil {
+		t.Fatal(err)
 	}
 }
