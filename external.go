@@ -208,6 +208,9 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 		takeErr = snapDisks(ctx)
 	} else {
 		c.op.setPhase(PhaseSavingMemory)
+		if c.plan.live && c.wasRunning && d.liveMode(ctx) == migrate.Background {
+			d.collapseGuestRAM(ctx)
+		}
 		var res SaveStateResult
 		res, takeErr = d.stateSaver().SaveState(ctx, SaveStateRequest{Monitor: d.mon, Path: s.Memory.File, Live: c.plan.live && c.wasRunning, AtStop: snapDisks, Progress: c.op.setBytes})
 		saved = takeErr == nil

@@ -35,6 +35,9 @@ var (
 // logMonitor returns mon wrapped to log its QMP traffic to log at Debug
 // level, or mon itself when log is nil. The wrapper keeps mon's optional
 // qmp.FileSender capability.
+// UnwrapMonitor returns the monitor m logs for (see qmp.PeerPID).
+func (m *loggingMonitor) UnwrapMonitor() qmp.Monitor { return m.mon }
+
 func logMonitor(mon qmp.Monitor, log *slog.Logger) qmp.Monitor {
 	if log == nil || mon == nil {
 		return mon

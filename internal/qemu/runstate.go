@@ -126,3 +126,15 @@ func RunHMPObserved(ctx context.Context, mon qmp.Monitor, dt *Downtime, expectRe
 		}
 	}
 }
+
+// GuestRAM returns the size of the guest's base RAM in bytes
+// (query-memory-size-summary).
+func GuestRAM(ctx context.Context, mon qmp.Monitor) (uint64, error) {
+	var s struct {
+		Base uint64 `json:"base-memory"`
+	}
+	if err := mon.Execute(ctx, "query-memory-size-summary", nil, &s); err != nil {
+		return 0, err
+	}
+	return s.Base, nil
+}
