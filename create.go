@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/vmsnap/vmsnap/internal/qemu"
@@ -101,14 +102,15 @@ func (d *Domain) Create(ctx context.Context, spec CreateSpec, flags CreateFlags)
 		if err != nil {
 			return nil, err
 		}
+		var disks []Disk
 		if defaulted {
-			name, err := d.freeDefaultName(ctx, spec.Name)
+			name, all, err := d.freeDefaultName(ctx, spec.Name)
 			if err != nil {
 				return nil, err
 			}
-			spec.Name = name
+			spec.Name, disks = name, all
 		}
-		return d.create(ctx, op, spec, p)
+		return d.create(ctx, op, spec, p, disks)
 	})
 }
 
@@ -127,19 +129,15 @@ func (d *Domain) wrap(op, name string, err error) error {
 	return out
 }
 
-func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec CreateSpec, p createPlan) (*DomainSnapshot, error) {
-	if p.record {
-		if _, err := d.get(ctx, spec.Name); err == nil {
-			return nil, fmt.Errorf("%w: the store has a snapshot of that name", ErrExists)
-		} else if !errors.Is(err, ErrNotFound) {
-			return nil, err
-		}
-	}
-	all, err := d.disks(ctx)
+// create takes the snapshot under the domain's lock. all are QEMU's disks
+// when the caller has just read them (the default name's choice), else
+// nil.
+func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec CreateSpec, p createPlan, all []Disk) (*DomainSnapshot, error) {
+	in, err := d.createInputs(ctx, spec.Name, p, all)
 	if err != nil {
 		return nil, err
 	}
-	choice, err := p.chooseDisks(all, spec.Disks, spec.Exclude, spec.VMStateDisk)
+	choice, err := p.chooseDisks(in.disks, spec.Disks, spec.Exclude, spec.VMStateDisk)
 	if err != nil {
 		return nil, err
 	}
@@ -151,6 +149,10 @@ func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec Creat
 			}
 		}
 	}
+	if in.stateErr != nil {
+		return nil, in.stateErr
+	}
+	wasRunning := in.running
 
 	// The creation time is taken under the lock, so snapshots of one domain
 	// are ordered by creation time as they were taken.
@@ -160,14 +162,6 @@ func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec Creat
 		CreationTime: time.Now(),
 		Config:       spec.Config,
 		Memory:       Memory{Kind: MemoryNone},
-	}
-	wasRunning := false
-	if !p.offline {
-		st, err := d.guestState(ctx)
-		if err != nil {
-			return nil, err
-		}
-		wasRunning = st.Running
 	}
 	if p.quiesce && !wasRunning {
 		return nil, fmt.Errorf("%w: Quiesce needs a running guest (its agent cannot answer while paused)", ErrUnsupported)
@@ -179,11 +173,10 @@ func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec Creat
 			s.State = StateRunning
 		}
 	}
-	if current, err := d.store.Current(ctx, d.uuid); err == nil {
-		s.Parent = current
-	} else {
-		return nil, err
+	if in.currentErr != nil {
+		return nil, in.currentErr
 	}
+	s.Parent = in.current
 	s.Excluded = diskNames(choice.excluded)
 	c := &creation{d: d, op: op, s: s, plan: p, disks: disks, vmstate: choice.vmstate, wasRunning: wasRunning, meta: p.record}
 	if p.kind.external() {
@@ -208,6 +201,69 @@ func (d *Domain) create(ctx context.Context, op *Op[*DomainSnapshot], spec Creat
 		s.Current = true
 	}
 	return s, nil
+}
+
+// createInputs is what a create reads before it changes anything.
+type createInputs struct {
+	disks      []Disk
+	running    bool // the guest runs (false offline)
+	stateErr   error
+	current    string
+	currentErr error
+}
+
+// createInputs reads at the same time, since none of it depends on the
+// rest: QEMU's disks (unless all has them), whether the guest runs,
+// whether the store has a record named name (with p.record), and the
+// current snapshot. The monitor and the store answer concurrent calls, so
+// the QMP queries are pipelined and the store reads overlap them. Errors
+// that come first in a create's checks are returned at once; the guest
+// state's and the current snapshot's are kept for when their turn comes
+// (after the choice of disks), so a create that fails reports what it
+// always reported.
+func (d *Domain) createInputs(ctx context.Context, name string, p createPlan, all []Disk) (createInputs, error) {
+	var (
+		in       createInputs
+		wg       sync.WaitGroup
+		disksErr error
+		nameErr  error
+	)
+	if all == nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			all, disksErr = d.disks(ctx)
+		}()
+	}
+	if !p.offline {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st, err := d.guestState(ctx)
+			in.running, in.stateErr = st.Running, err
+		}()
+	}
+	if p.record {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := d.get(ctx, name); err == nil {
+				nameErr = fmt.Errorf("%w: the store has a snapshot of that name", ErrExists)
+			} else if !errors.Is(err, ErrNotFound) {
+				nameErr = err
+			}
+		}()
+	}
+	in.current, in.currentErr = d.store.Current(ctx, d.uuid)
+	wg.Wait()
+	if nameErr != nil {
+		return in, nameErr
+	}
+	if disksErr != nil {
+		return in, disksErr
+	}
+	in.disks = all
+	return in, nil
 }
 
 // creation is one Create in progress.
@@ -265,11 +321,13 @@ func (c *creation) finish(ctx context.Context) error {
 
 // freeDefaultName returns name, the default name of a snapshot taken now,
 // or when a record or a disk already has it (two snapshots in one second)
-// name with "-2", "-3", ... appended. It runs under the domain's lock.
-func (d *Domain) freeDefaultName(ctx context.Context, name string) (string, error) {
+// name with "-2", "-3", ... appended, and QEMU's disks as it read them
+// (the create goes on with them instead of asking again). It runs under
+// the domain's lock.
+func (d *Domain) freeDefaultName(ctx context.Context, name string) (string, []Disk, error) {
 	disks, err := d.disks(ctx)
 	if err != nil {
-		return "", err
+		return "", nil, err
 	}
 	taken := func(n string) (bool, error) {
 		if _, err := d.get(ctx, n); err == nil {
@@ -291,11 +349,11 @@ func (d *Domain) freeDefaultName(ctx context.Context, name string) (string, erro
 		}
 		used, err := taken(n)
 		if err != nil {
-			return "", err
+			return "", nil, err
 		}
 		if !used {
-			return n, nil
+			return n, disks, nil
 		}
 	}
-	return "", fmt.Errorf("%w: a thousand snapshots named after second %s", ErrExists, name)
+	return "", nil, fmt.Errorf("%w: a thousand snapshots named after second %s", ErrExists, name)
 }

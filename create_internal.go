@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/vmsnap/vmsnap/internal/qemu"
@@ -60,12 +61,34 @@ func (c *creation) internal(ctx context.Context, spec CreateSpec) error {
 	// longer rolls it back).
 	c.op.pastNoReturn()
 	ctx = context.WithoutCancel(ctx)
-	// Read back what QEMU recorded (ids, dates, vm clock, vmstate size).
-	if after, err := d.disks(ctx); err == nil {
+	// Read back what QEMU recorded (ids, dates, vm clock, vmstate size)
+	// while the guest is left as the flags say: the two are independent,
+	// so their commands are pipelined. A full snapshot of a running guest
+	// needs only the read-back: QEMU resumed the guest itself when the
+	// save ended (its STOP and RESUME events gave the downtime), so
+	// without Halt asking for its state again would change nothing.
+	var (
+		after     []Disk
+		afterErr  error
+		finishErr error
+	)
+	if c.plan.kind == kindInternalFull && c.wasRunning && !c.plan.halt && s.Downtime > 0 {
+		after, afterErr = d.disks(ctx)
+	} else {
+		var wg sync.WaitGroup
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			after, afterErr = d.disks(ctx)
+		}()
+		finishErr = c.finish(ctx)
+		wg.Wait()
+	}
+	if afterErr == nil {
 		fillFromDisks(s, after)
 	}
-	if err := c.finish(ctx); err != nil {
-		return d.undoCreate(ctx, s, c.wasRunning, c.meta, err)
+	if finishErr != nil {
+		return d.undoCreate(ctx, s, c.wasRunning, c.meta, finishErr)
 	}
 	return nil
 }
