@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -92,11 +93,14 @@ func (q *rawQMP) job(tb testing.TB, command, id string, args map[string]any) {
 //
 // Besides the means it reports medians of per-iteration values (robust to
 // a busy moment of the shared machine in one of the two runs): the ratio,
-// the overhead, the time vmsnap spent in the store's two durable writes
-// (the intent's Put and the Commit, both fsynced), the overhead besides all
-// store calls (QMP round trips and vmsnap's own work), and the QMP commands
-// vmsnap sent per snapshot (the raw sequence sends three: snapshot-save,
-// query-jobs, job-dismiss).
+// the overhead, and where the overhead goes, from the create's phases
+// (Options.Events): before the intent (lock, reconcile, QEMU's disks and
+// run state, the name and current snapshot in the store), the intent, the
+// save minus the raw sequence (the same job and three commands), after the
+// save (read-back) and the commit; with the time the store's two durable
+// writes took (the intent's Put and the Commit, both fsynced) and the QMP
+// commands vmsnap sent per snapshot (the raw sequence sends three:
+// snapshot-save, query-jobs, job-dismiss).
 func BenchmarkFullInternalSnapshot(b *testing.B) {
 	b.Run("idle-64MiB", func(b *testing.B) { benchFullInternal(b, qemutest.Options{}) })
 	b.Run("loaded-128MiB", func(b *testing.B) {
@@ -132,55 +136,23 @@ func writeRandom(tb testing.TB, path string, size int) {
 	}
 }
 
-// timedStore is a FileStore that sums the time spent in its writes and
-// reads.
+// timedStore is a FileStore that sums the time spent in its durable
+// writes of a create: the intent's Put and the Commit.
 type timedStore struct {
 	*store.FileStore
-	puts, commits, otherWrites, reads atomic.Int64 // nanoseconds
+	puts, commits atomic.Int64 // nanoseconds
 }
 
 var _ store.Committer = (*timedStore)(nil)
 
-func (s *timedStore) since(sum *atomic.Int64, t0 time.Time) { sum.Add(int64(time.Since(t0))) }
-
-func (s *timedStore) Lock(ctx context.Context, domain string) (func() error, error) {
-	defer s.since(&s.reads, time.Now())
-	return s.FileStore.Lock(ctx, domain)
-}
-
 func (s *timedStore) Put(ctx context.Context, domain string, r *store.Record) error {
-	defer s.since(&s.puts, time.Now())
+	defer func(t0 time.Time) { s.puts.Add(int64(time.Since(t0))) }(time.Now())
 	return s.FileStore.Put(ctx, domain, r)
 }
 
 func (s *timedStore) Commit(ctx context.Context, domain string, r *store.Record, makeCurrent bool) error {
-	defer s.since(&s.commits, time.Now())
+	defer func(t0 time.Time) { s.commits.Add(int64(time.Since(t0))) }(time.Now())
 	return s.FileStore.Commit(ctx, domain, r, makeCurrent)
-}
-
-func (s *timedStore) SetCurrent(ctx context.Context, domain, name string) error {
-	defer s.since(&s.otherWrites, time.Now())
-	return s.FileStore.SetCurrent(ctx, domain, name)
-}
-
-func (s *timedStore) Delete(ctx context.Context, domain, name string) error {
-	defer s.since(&s.otherWrites, time.Now())
-	return s.FileStore.Delete(ctx, domain, name)
-}
-
-func (s *timedStore) Get(ctx context.Context, domain, name string) (*store.Record, error) {
-	defer s.since(&s.reads, time.Now())
-	return s.FileStore.Get(ctx, domain, name)
-}
-
-func (s *timedStore) List(ctx context.Context, domain string) ([]*store.Record, error) {
-	defer s.since(&s.reads, time.Now())
-	return s.FileStore.List(ctx, domain)
-}
-
-func (s *timedStore) Current(ctx context.Context, domain string) (string, error) {
-	defer s.since(&s.reads, time.Now())
-	return s.FileStore.Current(ctx, domain)
 }
 
 // countingMonitor counts the commands sent through it.
@@ -206,7 +178,20 @@ func benchFullInternal(b *testing.B, opts qemutest.Options) {
 	}
 	ts := &timedStore{FileStore: fs}
 	mon := &countingMonitor{Monitor: vm.Mon}
-	dom, err := vmsnap.Open(ctx, mon, vmsnap.Options{Store: ts})
+	// The phases of the create being timed, as Options.Events reports
+	// them (synchronously, from the operation's goroutine).
+	var (
+		phaseMu sync.Mutex
+		phases  []vmsnap.Event
+	)
+	events := func(ev vmsnap.Event) {
+		if ev.Kind == vmsnap.EventPhase && ev.Op == "create" {
+			phaseMu.Lock()
+			phases = append(phases, ev)
+			phaseMu.Unlock()
+		}
+	}
+	dom, err := vmsnap.Open(ctx, mon, vmsnap.Options{Store: ts, Events: events})
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -228,60 +213,89 @@ func benchFullInternal(b *testing.B, opts qemutest.Options) {
 		b.StartTimer()
 		return d
 	}
+	// A create's phases: before the intent (lock, reconcile, the reads),
+	// the intent, the save, after the save (read-back, resume check), the
+	// commit. The save is compared with the raw sequence (same job, same
+	// three commands).
+	type libSample struct {
+		total, put, commit                       time.Duration
+		beforeIntent, intent, save, after, final time.Duration
+	}
 	var (
-		rawTime, libTime                          time.Duration
-		ratios, overheads, puts, commits, besides []float64
-		cmds                                      int64
+		rawTime, libTime time.Duration
+		samples          = map[string][]float64{}
+		cmds             int64
 	)
-	libSnapshot := func(i int) (d, put, commit, inStore time.Duration) {
+	libSnapshot := func(i int) libSample {
 		name := fmt.Sprintf("lib%d", i)
-		for _, v := range []*atomic.Int64{&ts.puts, &ts.commits, &ts.otherWrites, &ts.reads} {
-			v.Store(0)
-		}
+		ts.puts.Store(0)
+		ts.commits.Store(0)
+		phaseMu.Lock()
+		phases = phases[:0]
+		phaseMu.Unlock()
 		n0 := mon.n.Load()
 		t0 := time.Now()
 		if _, err := dom.Create(ctx, vmsnap.CreateSpec{Name: name}, 0).Wait(ctx); err != nil {
 			b.Fatal(err)
 		}
-		d = time.Since(t0)
+		end := time.Now()
 		cmds += mon.n.Load() - n0
-		put, commit = time.Duration(ts.puts.Load()), time.Duration(ts.commits.Load())
-		inStore = put + commit + time.Duration(ts.otherWrites.Load()+ts.reads.Load())
+		ls := libSample{total: end.Sub(t0), put: time.Duration(ts.puts.Load()), commit: time.Duration(ts.commits.Load())}
+		phaseMu.Lock()
+		var at []time.Time // writing metadata, saving memory, committed, writing metadata
+		want := []vmsnap.Phase{vmsnap.PhaseWritingMeta, vmsnap.PhaseSavingMemory, vmsnap.PhaseCommitted, vmsnap.PhaseWritingMeta}
+		for _, ev := range phases {
+			if len(at) < len(want) && ev.Phase == want[len(at)] {
+				at = append(at, ev.Time)
+			}
+		}
+		phaseMu.Unlock()
+		if len(at) != len(want) {
+			b.Fatalf("create's phases: %v", phases)
+		}
+		ls.beforeIntent, ls.intent, ls.save, ls.after, ls.final = at[0].Sub(t0), at[1].Sub(at[0]), at[2].Sub(at[1]), at[3].Sub(at[2]), end.Sub(at[3])
 		b.StopTimer()
 		if _, err := dom.Delete(ctx, name, 0).Wait(ctx); err != nil {
 			b.Fatal(err)
 		}
 		b.StartTimer()
-		return d, put, commit, inStore
+		return ls
 	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		var r, l, put, commit, inStore time.Duration
+		var r time.Duration
+		var l libSample
 		if i%2 == 0 {
 			r = rawSnapshot(i)
-			l, put, commit, inStore = libSnapshot(i)
+			l = libSnapshot(i)
 		} else {
-			l, put, commit, inStore = libSnapshot(i)
+			l = libSnapshot(i)
 			r = rawSnapshot(i)
 		}
 		rawTime += r
-		libTime += l
-		ratios = append(ratios, float64(l)/float64(r))
-		overheads = append(overheads, ms(l-r))
-		puts = append(puts, ms(put))
-		commits = append(commits, ms(commit))
-		besides = append(besides, ms(l-r-inStore))
+		libTime += l.total
+		for k, v := range map[string]float64{
+			"median-vmsnap/raw":        float64(l.total) / float64(r),
+			"median-overhead-ms":       ms(l.total - r),
+			"median-before-intent-ms":  ms(l.beforeIntent),
+			"median-intent-ms":         ms(l.intent),
+			"median-save-minus-raw-ms": ms(l.save - r),
+			"median-after-save-ms":     ms(l.after),
+			"median-commit-ms":         ms(l.final),
+			"median-store-put-ms":      ms(l.put),
+			"median-store-commit-ms":   ms(l.commit),
+		} {
+			samples[k] = append(samples[k], v)
+		}
 	}
 	b.StopTimer()
 	n := float64(b.N)
 	b.ReportMetric(ms(rawTime)/n, "raw-ms/op")
 	b.ReportMetric(ms(libTime)/n, "vmsnap-ms/op")
 	b.ReportMetric(float64(libTime)/float64(rawTime), "vmsnap/raw")
-	b.ReportMetric(median(ratios), "median-vmsnap/raw")
-	b.ReportMetric(median(overheads), "median-overhead-ms")
-	b.ReportMetric(median(puts), "median-store-put-ms")
-	b.ReportMetric(median(commits), "median-store-commit-ms")
-	b.ReportMetric(median(besides), "median-overhead-besides-store-ms")
+	for k, v := range samples {
+		b.ReportMetric(median(v), k)
+	}
 	b.ReportMetric(float64(cmds)/n, "qmp-cmds/op")
 }
 
