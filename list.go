@@ -186,9 +186,10 @@ func (d *Domain) list(ctx context.Context, op *Op[*Listing], flags ListFlags) (*
 		}
 	}
 	tree := store.BuildTree(recs)
-	known := map[string]bool{}
+	if flags == 0 && len(recs) > 0 {
+		l.Snapshots = make([]*DomainSnapshot, 0, len(recs))
+	}
 	for _, r := range recs {
-		known[r.Name] = true
 		s := fromRecord(r)
 		s.Current = s.Name == current
 		if qemuErr == nil && !s.HasProblem(ProblemInProgress) {
@@ -212,7 +213,7 @@ func (d *Domain) list(ctx context.Context, op *Op[*Listing], flags ListFlags) (*
 	var tags []string
 	for _, dk := range disks {
 		for _, sn := range dk.Snapshots {
-			if known[sn.Name] || unreadable[sn.Name] {
+			if tree.Record(sn.Name) != nil || unreadable[sn.Name] {
 				continue
 			}
 			if _, seen := byTag[sn.Name]; !seen {

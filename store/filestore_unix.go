@@ -10,11 +10,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -205,7 +203,7 @@ func (s *FileStore) Get(ctx context.Context, domain, name string) (*Record, erro
 	}
 	defer unix.Close(dirfd)
 	fn := RecordFileName(name)
-	r, _, err := readRecord(dirfd, dir, fn, nil, os.Geteuid())
+	r, _, err := readRecord(dirfd, dir, fn, nil, os.Geteuid(), nil)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, fmt.Errorf("store: domain %s: snapshot %q: %w", domain, name, ErrNotFound)
 	}
@@ -263,88 +261,6 @@ func (s *FileStore) Delete(ctx context.Context, domain, name string) error {
 		return fmt.Errorf("store: domain %s: snapshot %q: %w", domain, name, &os.PathError{Op: "fsync", Path: dir, Err: err})
 	}
 	return nil
-}
-
-// List implements Store. It reads the records in parallel and ignores
-// files that are not records (memory files, current.xl, .lock, temporary
-// files). Each record file that cannot be trusted (unsafe permissions, a
-// foreign owner, corrupt content, a name that does not match its file
-// name) is left out and reported in the returned error, which wraps an
-// errors.Join of one *RecordError per file, each naming its file (see
-// RecordErrors); the good records are returned with it. An error about the
-// domain's directory itself comes without records and is not a
-// *RecordError.
-func (s *FileStore) List(ctx context.Context, domain string) ([]*Record, error) {
-	if err := ValidateDomain(domain); err != nil {
-		return nil, err
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	dirfd, dir, err := s.openDir(domain, false)
-	if err != nil {
-		return nil, err
-	}
-	if dirfd < 0 {
-		return []*Record{}, nil
-	}
-	defer unix.Close(dirfd)
-	all, err := readDirNames(dirfd, dir)
-	if err != nil {
-		return nil, fmt.Errorf("store: domain %s: %w", domain, err)
-	}
-	names := all[:0]
-	for _, n := range all {
-		if isRecordFileName(n) {
-			names = append(names, n)
-		}
-	}
-	records := make([]*Record, len(names))
-	errs := make([]error, len(names))
-	euid := os.Geteuid()
-	workers := runtime.GOMAXPROCS(0)
-	if len(names) < 64 {
-		workers = 1
-	}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for w := 0; w < workers; w++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			buf := make([]byte, 0, 8192)
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(names) || i%128 == 0 && ctx.Err() != nil {
-					return
-				}
-				r, b, err := readRecord(dirfd, dir, names[i], buf, euid)
-				buf = b
-				if errors.Is(err, fs.ErrNotExist) {
-					continue // deleted since the directory was read
-				}
-				records[i] = r
-				if err != nil {
-					errs[i] = recordError(domain, dir, names[i], err)
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	out := make([]*Record, 0, len(records))
-	for _, r := range records {
-		if r != nil {
-			out = append(out, r)
-		}
-	}
-	sortRecords(out)
-	if err := errors.Join(errs...); err != nil {
-		return out, fmt.Errorf("store: domain %s: some snapshot records cannot be read: %w", domain, err)
-	}
-	return out, nil
 }
 
 // Current implements Store.
@@ -643,13 +559,14 @@ func readAt(dirfd int, dir, name string, buf []byte, euid int) ([]byte, error) {
 }
 
 // readRecord reads and parses one record file and checks that it holds the
-// snapshot its file name says. It returns buf for reuse.
-func readRecord(dirfd int, dir, name string, buf []byte, euid int) (*Record, []byte, error) {
+// snapshot its file name says, taking the record's memory from blocks
+// (which may be nil). It returns buf for reuse.
+func readRecord(dirfd int, dir, name string, buf []byte, euid int, blocks *recordBlocks) (*Record, []byte, error) {
 	data, err := readAt(dirfd, dir, name, buf, euid)
 	if err != nil {
 		return nil, data, err
 	}
-	r, err := Unmarshal(data)
+	r, err := unmarshal(data, blocks)
 	if err != nil {
 		var ce *CorruptError
 		if errors.As(err, &ce) {

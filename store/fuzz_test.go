@@ -111,6 +111,9 @@ func FuzzRoundTrip(f *testing.F) {
 		if diff := diffRecords(r, got, recordCmp); diff != "" {
 			t.Fatalf("round trip (-want +got):\n%s\nfile:\n%s", diff, data)
 		}
+		if _, ok := unmarshalCanonical(data, nil); !ok {
+			t.Fatalf("the fast path does not read what Marshal wrote:\n%s", data)
+		}
 	})
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 )
 
@@ -228,11 +229,87 @@ func (s *MemStore) SetCurrent(ctx context.Context, domain, name string) error {
 	return nil
 }
 
+// sortRecords sorts records by creation time, then name.
 func sortRecords(rs []*Record) {
-	slices.SortFunc(rs, func(a, b *Record) int {
-		if c := a.CreationTime.Compare(b.CreationTime); c != 0 {
-			return c
+	keys := sortedKeys(rs)
+	for i := range keys {
+		rs[i] = keys[i].r
+	}
+}
+
+// recordKey is what records are sorted by, copied out of the record so
+// that a sort does not chase a pointer per comparison. The records come
+// from Unmarshal, so their times carry no monotonic clock reading, and
+// comparing seconds, then nanoseconds, is comparing the times.
+type recordKey struct {
+	sec  int64
+	nsec int
+	name string
+	r    *Record
+}
+
+func keyOf(r *Record) recordKey {
+	return recordKey{r.CreationTime.Unix(), r.CreationTime.Nanosecond(), r.Name, r}
+}
+
+// sortedKeys returns the keys of rs, sorted.
+func sortedKeys(rs []*Record) []recordKey {
+	keys := make([]recordKey, len(rs))
+	for i, r := range rs {
+		keys[i] = keyOf(r)
+	}
+	slices.SortFunc(keys, compareKeys)
+	return keys
+}
+
+func compareKeys(a, b recordKey) int {
+	if a.sec != b.sec {
+		return cmp.Compare(a.sec, b.sec)
+	}
+	if a.nsec != b.nsec {
+		return cmp.Compare(a.nsec, b.nsec)
+	}
+	return strings.Compare(a.name, b.name)
+}
+
+// mergeKeys merges sorted runs of keys into one sorted slice of records.
+func mergeKeys(runs [][]recordKey) []*Record {
+	for len(runs) > 2 {
+		next := runs[:0:0]
+		for i := 0; i+1 < len(runs); i += 2 {
+			m := make([]recordKey, 0, len(runs[i])+len(runs[i+1]))
+			next = append(next, merge2(m, runs[i], runs[i+1], func(k recordKey) recordKey { return k }))
 		}
-		return cmp.Compare(a.Name, b.Name)
-	})
+		if len(runs)%2 == 1 {
+			next = append(next, runs[len(runs)-1])
+		}
+		runs = next
+	}
+	var a, b []recordKey
+	switch len(runs) {
+	case 2:
+		a, b = runs[0], runs[1]
+	case 1:
+		a = runs[0]
+	}
+	return merge2(make([]*Record, 0, len(a)+len(b)), a, b, func(k recordKey) *Record { return k.r })
+}
+
+// merge2 appends to out the sorted keys of a and b, in order, as f makes
+// them.
+func merge2[T any](out []T, a, b []recordKey, f func(recordKey) T) []T {
+	for len(a) > 0 && len(b) > 0 {
+		if compareKeys(a[0], b[0]) <= 0 {
+			out, a = append(out, f(a[0])), a[1:]
+		} else {
+			out, b = append(out, f(b[0])), b[1:]
+		}
+	}
+	for _, k := range a {
+		out = append(out, f(k))
+	}
+	for _, k := range b {
+		out = append(out, f(k))
+	}
+	return out
 }

@@ -32,12 +32,20 @@ func ValidateName(name string) error {
 }
 
 func nameProblem(name string) string {
+	// Printable ASCII, the usual case, needs no decoding.
+	ascii := true
+	for i := 0; i < len(name); i++ {
+		if c := name[i]; c < 0x20 || c >= 0x7f {
+			ascii = false
+			break
+		}
+	}
 	switch {
 	case name == "":
 		return "empty"
 	case len(name) > MaxNameLen:
 		return fmt.Sprintf("longer than %d bytes", MaxNameLen)
-	case !utf8.ValidString(name):
+	case !ascii && !utf8.ValidString(name):
 		return "not valid UTF-8"
 	case name[0] == '.':
 		return "starts with '.'"
@@ -45,6 +53,8 @@ func nameProblem(name string) string {
 		return "starts or ends with a space"
 	case strings.IndexByte(name, '/') >= 0:
 		return "contains '/'"
+	case ascii:
+		return ""
 	}
 	for _, r := range name {
 		if !unicode.IsPrint(r) {

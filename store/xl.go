@@ -87,6 +87,9 @@ func diskField(name []byte) int {
 
 const maxListDepth = 16
 
+// recordHeader is the comment line Marshal starts every record with.
+const recordHeader = "# Snapshot metadata (xl config syntax). Edit with care: the store checks every value.\n"
+
 // Marshal returns r in the record file format, after validating it.
 //
 // A record is an xl config file (the syntax of xl.cfg, parsed by libxlu):
@@ -136,7 +139,7 @@ func Marshal(r *Record) ([]byte, error) {
 }
 
 func appendRecord(b []byte, r *Record) []byte {
-	b = append(b, "# Snapshot metadata (xl config syntax). Edit with care: the store checks every value.\n"...)
+	b = append(b, recordHeader...)
 	v := r.FormatVersion
 	if v == 0 {
 		v = CurrentFormatVersion
@@ -278,7 +281,21 @@ func appendQuoted(b []byte, s string) []byte {
 // Unmarshal parses a record file. Errors are *CorruptError (with an empty
 // Path) giving the line. A record that Unmarshal accepts passes Validate,
 // and Marshal then Unmarshal gives an equal record.
-func Unmarshal(data []byte) (*Record, error) {
+func Unmarshal(data []byte) (*Record, error) { return unmarshal(data, nil) }
+
+// unmarshal is Unmarshal taking the record's memory from blocks (which may
+// be nil).
+func unmarshal(data []byte, blocks *recordBlocks) (*Record, error) {
+	if r, ok := unmarshalCanonical(data, blocks); ok {
+		return r, nil
+	}
+	return unmarshalGeneral(data, string(data))
+}
+
+// unmarshalGeneral parses any record file, in any layout the xl syntax
+// allows, with src holding the same bytes as data: the strings without
+// escapes are slices of src, one allocation for all of them.
+func unmarshalGeneral(data []byte, src string) (*Record, error) {
 	r := &Record{}
 	var (
 		seen       uint32
@@ -291,9 +308,7 @@ func Unmarshal(data []byte) (*Record, error) {
 		v          xlValue
 		itemBuf    [4]xlValue
 	)
-	// Strings without escapes are slices of src: one allocation for all
-	// of them.
-	p := xlParser{data: data, src: string(data), line: 1, items: itemBuf[:0]}
+	p := xlParser{data: data, src: src, line: 1, items: itemBuf[:0]}
 	for {
 		key, keyPos, line, err := p.next(&v)
 		if err != nil {
@@ -614,17 +629,16 @@ type xlValue struct {
 func (p *xlParser) string(v *xlValue) (string, error) {
 	switch {
 	case v.kind == 's' && v.esc:
-		var b strings.Builder
-		b.Grow(v.b - v.a)
-		p.unescape(v.a, v.b, func(s []byte) { b.Write(s) }, b.WriteByte)
-		return b.String(), nil
+		var buf [128]byte
+		return string(p.appendUnescaped(buf[:0], v.a, v.b)), nil
 	case v.kind == 's' || v.kind == 'n':
 		return p.text(v.a, v.b), nil
 	}
 	return "", errors.New("want a string, got a list")
 }
 
-// bytes returns v's text as a new slice, nil when it is empty.
+// bytes returns v's text as a new slice (from p.blocks when set), nil
+// when it is empty.
 func (p *xlParser) bytes(v *xlValue) ([]byte, error) {
 	switch {
 	case v.kind == 'l':
@@ -632,25 +646,20 @@ func (p *xlParser) bytes(v *xlValue) ([]byte, error) {
 	case v.a == v.b:
 		return nil, nil
 	case v.kind == 's' && v.esc:
-		b := make([]byte, 0, v.b-v.a)
-		p.unescape(v.a, v.b, func(s []byte) { b = append(b, s...) }, func(c byte) error { b = append(b, c); return nil })
-		return b, nil
+		return p.appendUnescaped(p.blocks.byteSlice(v.b-v.a), v.a, v.b), nil
 	}
-	return append([]byte(nil), p.data[v.a:v.b]...), nil
+	return append(p.blocks.byteSlice(v.b-v.a), p.data[v.a:v.b]...), nil
 }
 
-// unescape decodes the checked string text data[i:j], handing runs of
-// plain bytes to run and decoded escapes to one.
-func (p *xlParser) unescape(i, j int, run func([]byte), one func(byte) error) {
+// appendUnescaped appends the decoded text of the checked string text
+// data[i:j] to b.
+func (p *xlParser) appendUnescaped(b []byte, i, j int) []byte {
 	for i < j {
 		k := bytes.IndexByte(p.data[i:j], '\\')
 		if k < 0 {
-			run(p.data[i:j])
-			return
+			return append(b, p.data[i:j]...)
 		}
-		if k > 0 {
-			run(p.data[i : i+k])
-		}
+		b = append(b, p.data[i:i+k]...)
 		i += k
 		e := p.data[i+1]
 		i += 2
@@ -673,8 +682,9 @@ func (p *xlParser) unescape(i, j int, run func([]byte), one func(byte) error) {
 			e = byte(unhex(p.data[i])<<4 | unhex(p.data[i+1]))
 			i += 2
 		}
-		one(e)
+		b = append(b, e)
 	}
+	return b
 }
 
 // number reads a decimal (or 0x hex) number, from a number or a string,
@@ -735,6 +745,8 @@ type xlParser struct {
 	// items holds the items of the current setting's list, reused from
 	// one setting to the next.
 	items []xlValue
+	// blocks, when set, provides the memory of the parsed record.
+	blocks *recordBlocks
 }
 
 // text returns data[i:j] as a string, sharing src when it is set.
@@ -983,13 +995,14 @@ func describeByte(c byte) string {
 // parseUTCTime is a fast path for the form this package writes,
 // "2006-01-02T15:04:05.999999999Z". It reports false for anything else,
 // which time.Parse then handles (and validates).
-func parseUTCTime(s string) (time.Time, bool) {
+func parseUTCTime[T string | []byte](s T) (time.Time, bool) {
 	if len(s) < 20 || s[len(s)-1] != 'Z' || s[4] != '-' || s[7] != '-' || s[10] != 'T' || s[13] != ':' || s[16] != ':' {
 		return time.Time{}, false
 	}
 	num := func(i, n int) int {
 		v := 0
-		for _, c := range []byte(s[i : i+n]) {
+		for j := i; j < i+n; j++ {
+			c := s[j]
 			if c < '0' || c > '9' {
 				return -1
 			}
@@ -1001,7 +1014,7 @@ func parseUTCTime(s string) (time.Time, bool) {
 	hour, minute, sec := num(11, 2), num(14, 2), num(17, 2)
 	nsec := 0
 	switch frac := s[19 : len(s)-1]; {
-	case frac == "":
+	case len(frac) == 0:
 	case len(frac) >= 2 && len(frac) <= 10 && frac[0] == '.':
 		nsec = num(20, len(frac)-1)
 		for i := len(frac) - 1; i < 9; i++ {
@@ -1014,9 +1027,38 @@ func parseUTCTime(s string) (time.Time, bool) {
 		sec < 0 || sec > 59 || nsec < 0 {
 		return time.Time{}, false
 	}
-	t := time.Date(year, time.Month(month), day, hour, minute, sec, nsec, time.UTC)
-	if t.Day() != day { // e.g. February 30th: let time.Parse report it
+	if day > daysIn(month, year) { // e.g. February 30th: let time.Parse report it
 		return time.Time{}, false
 	}
-	return t, true
+	// time.Date would do, but this sits on List's path: days since
+	// 1970-01-01 from the civil date (the month counted from March, so
+	// that the leap day ends the year).
+	y, m := year, month
+	if m <= 2 {
+		y--
+		m += 12
+	}
+	era := y / 400 // year >= 0, so y >= -1: floor division below
+	if y < 0 {
+		era = -1
+	}
+	yoe := y - era*400
+	doy := (153*(m-3)+2)/5 + day - 1
+	days := era*146097 + yoe*365 + yoe/4 - yoe/100 + doy - 719468
+	return time.Unix(int64(days)*86400+int64(hour*3600+minute*60+sec), int64(nsec)).UTC(), true
+}
+
+// daysIn returns the number of days of a month (1 to 12) of the
+// proleptic Gregorian calendar.
+func daysIn(month, year int) int {
+	switch month {
+	case 2:
+		if year%4 == 0 && (year%100 != 0 || year%400 == 0) {
+			return 29
+		}
+		return 28
+	case 4, 6, 9, 11:
+		return 30
+	}
+	return 31
 }

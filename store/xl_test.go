@@ -2,6 +2,7 @@ package store
 
 import (
 	"errors"
+	"math/rand/v2"
 	"strings"
 	"testing"
 	"time"
@@ -249,12 +250,27 @@ func TestParseUTCTimeMatchesTimeParse(t *testing.T) {
 		"2026-11-26T24:00:00Z", "2026-11-26T07:00:60Z", "2026-11-26T07:00:00.Z", "2026-11-26T07:00:00.1234567890Z",
 		"2026-11-26T07:00:00+01:00", "2026-11-26 07:00:00Z", "2026-1x-26T07:00:00Z", "2026-11-26T07:00:00.12a4Z",
 		"2026-11-26T07:00:00.000000000Z", "2026-11-26t07:00:00z",
+		"1900-02-29T00:00:00Z", "2000-02-29T00:00:00Z", "2100-02-29T00:00:00Z", "2400-02-29T00:00:00Z",
+		"2026-04-31T00:00:00Z", "2026-06-30T00:00:00Z", "2026-01-00T00:00:00Z", "2026-12-32T00:00:00Z",
+	}
+	// Every day of a few years around the edges, and random instants.
+	for _, y := range []int{0, 1, 3, 4, 99, 100, 399, 400, 1969, 1970, 2000, 2024, 2100, 9999} {
+		for d := time.Date(y, 1, 1, 0, 0, 0, 0, time.UTC); d.Year() == y; d = d.AddDate(0, 0, 1) {
+			inputs = append(inputs, d.Format(time.RFC3339Nano))
+		}
+	}
+	rng := rand.New(rand.NewPCG(5, 6))
+	for i := 0; i < 2000; i++ {
+		inputs = append(inputs, time.Unix(rng.Int64N(253402300800+62167219200)-62167219200, rng.Int64N(1e9)).UTC().Format(time.RFC3339Nano))
 	}
 	for _, s := range inputs {
 		want, werr := time.Parse(time.RFC3339Nano, s)
 		got, ok := parseUTCTime(s)
-		if ok && (werr != nil || !got.Equal(want)) {
+		if ok && (werr != nil || got != want.UTC()) {
 			t.Errorf("parseUTCTime(%q) = %v; time.Parse = %v, %v", s, got, want, werr)
+		}
+		if !ok && werr == nil && strings.HasSuffix(s, "Z") && strings.Count(s, ".") <= 1 && len(s) <= 30 {
+			t.Errorf("parseUTCTime(%q) left to time.Parse", s)
 		}
 		full, err := parseTime(s)
 		if (err == nil) != (werr == nil) || err == nil && !full.Equal(want) {

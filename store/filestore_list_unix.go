@@ -1,0 +1,195 @@
+//go:build linux || darwin || freebsd
+
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"runtime"
+	"slices"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// listBatchSize is the number of record files handed to a reader at a
+// time: small enough that the readers finish together, large enough that
+// handing them out costs nothing.
+const listBatchSize = 128
+
+// List implements Store. It ignores files that are not records (memory
+// files, current.xl, .lock, temporary files). Each record file that cannot
+// be trusted (unsafe permissions, a foreign owner, corrupt content, a name
+// that does not match its file name) is left out and reported in the
+// returned error, which wraps an errors.Join of one *RecordError per file,
+// in directory order, each naming its file (see RecordErrors); the good
+// records are returned with it. An error about the domain's directory
+// itself comes without records and is not a *RecordError.
+//
+// Every record file is opened, checked and read on each call: nothing is
+// cached. The directory is read in large chunks while one reader per CPU
+// (GOMAXPROCS) already reads, parses and sorts the record files named so
+// far. The records of one call share a few larger memory blocks, so a
+// record kept after the others are dropped keeps up to a few tens of KiB
+// alive.
+func (s *FileStore) List(ctx context.Context, domain string) ([]*Record, error) {
+	if err := ValidateDomain(domain); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	dirfd, dir, err := s.openDir(domain, false)
+	if err != nil {
+		return nil, err
+	}
+	if dirfd < 0 {
+		return []*Record{}, nil
+	}
+	defer unix.Close(dirfd)
+	out, errs, err := listDir(ctx, domain, dirfd, dir)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if len(errs) > 0 {
+		return out, fmt.Errorf("store: domain %s: some snapshot records cannot be read: %w", domain, errors.Join(errs...))
+	}
+	return out, nil
+}
+
+// listBatch is a run of record file names, the first of them the index'th
+// record file of the directory.
+type listBatch struct {
+	index int
+	names []string
+}
+
+// listed is what one reader of listDir found: its records (as their sort
+// keys, sorted once it is done) and the record files it could not read.
+type listed struct {
+	keys []recordKey
+	errs []listError
+}
+
+// listError is the *RecordError of the index'th record file.
+type listError struct {
+	index int
+	err   *RecordError
+}
+
+// listDir reads every record file of the domain's directory dirfd: the
+// records, sorted by creation time then name (each reader sorts its own,
+// then they are merged), and one *RecordError per record file that cannot
+// be read, in directory order. Record files removed while it runs are left
+// out. The error is about the directory itself.
+func listDir(ctx context.Context, domain string, dirfd int, dir string) ([]*Record, []error, error) {
+	// A fresh open file description, so that concurrent listings do not
+	// share a directory offset.
+	fd, err := openat(dirfd, ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("store: domain %s: %w", domain, &os.PathError{Op: "open", Path: dir, Err: err})
+	}
+	defer unix.Close(fd)
+	results := make([]listed, runtime.GOMAXPROCS(0))
+	batches := make(chan listBatch, 2*len(results))
+	euid := os.Geteuid()
+	var wg sync.WaitGroup
+	for i := range results {
+		wg.Add(1)
+		go func(res *listed) {
+			defer wg.Done()
+			var (
+				buf    []byte // grown by readAt to the largest record
+				blocks recordBlocks
+			)
+			for b := range batches {
+				if ctx.Err() != nil {
+					continue // drain: the directory reader stops soon
+				}
+				for j, name := range b.names {
+					r, data, err := readRecord(dirfd, dir, name, buf, euid, &blocks)
+					buf = data
+					switch {
+					case err == nil:
+						res.keys = append(res.keys, keyOf(r))
+					case errors.Is(err, fs.ErrNotExist):
+						// Deleted since the directory was read.
+					default:
+						res.errs = append(res.errs, listError{b.index + j, recordError(domain, dir, name, err)})
+					}
+				}
+			}
+			slices.SortFunc(res.keys, compareKeys)
+		}(&results[i])
+	}
+	err = readRecordNames(ctx, fd, dir, batches)
+	close(batches)
+	wg.Wait()
+	if err != nil {
+		return nil, nil, fmt.Errorf("store: domain %s: %w", domain, err)
+	}
+	runs := make([][]recordKey, 0, len(results))
+	var lerrs []listError
+	for _, res := range results {
+		runs = append(runs, res.keys)
+		lerrs = append(lerrs, res.errs...)
+	}
+	out := mergeKeys(runs)
+	slices.SortFunc(lerrs, func(a, b listError) int { return a.index - b.index })
+	var errs []error
+	for _, e := range lerrs {
+		errs = append(errs, e.err)
+	}
+	return out, errs, nil
+}
+
+// readRecordNames reads the directory fd in large chunks and sends the
+// names of its record files, in directory order, in batches of at most
+// listBatchSize. It stops early, without an error, when ctx is done.
+func readRecordNames(ctx context.Context, fd int, dir string, batches chan<- listBatch) error {
+	buf := make([]byte, 32<<10)
+	var (
+		all   []string
+		batch []string
+		index int
+	)
+	send := func() {
+		batches <- listBatch{index: index, names: batch}
+		index += len(batch)
+		batch = nil
+	}
+	for ctx.Err() == nil {
+		n, err := unix.ReadDirent(fd, buf)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return &os.PathError{Op: "readdirent", Path: dir, Err: err}
+		}
+		if n <= 0 {
+			break
+		}
+		_, _, all = unix.ParseDirent(buf[:n], -1, all[:0])
+		for _, name := range all {
+			if !isRecordFileName(name) {
+				continue
+			}
+			if batch == nil {
+				batch = make([]string, 0, listBatchSize)
+			}
+			if batch = append(batch, name); len(batch) == listBatchSize {
+				send()
+			}
+		}
+	}
+	if len(batch) > 0 {
+		send()
+	}
+	return nil
+}
