@@ -196,9 +196,9 @@ type revertIntent struct {
 }
 
 const (
-	labelRevertWant = "vmsnap.revert-want-running"
-	labelRevertWas  = "vmsnap.revert-was-running"
-	labelRevertJob  = "vmsnap.revert-job"
+	labelRevertWant   = "vmsnap.revert-want-running"
+	labelRevertWas    = "vmsnap.revert-was-running"
+	labelRevertJob    = "vmsnap.revert-job"
 	labelRevertLoaded = "vmsnap.revert-loaded"
 )
 
