@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -198,8 +199,9 @@ func benchFullInternal(b *testing.B, opts qemutest.Options) {
 	raw := dialRaw(b, rawSock)
 	devices := []string{vm.Disks[0].Node, vm.Disks[1].Node}
 	// Each iteration times one raw snapshot and one taken through vmsnap,
-	// in alternating order (whichever goes first may inherit the
-	// writeback of the previous delete), each deleted outside the timing.
+	// in alternating order, each deleted outside the timing and the
+	// filesystems synced after the delete, so that neither inherits the
+	// writeback of the previous one (an fsync of a record can wait for it).
 	// One sample per iteration; the metrics are medians, except the means
 	// raw-ms/op and vmsnap-ms/op and their ratio.
 	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
@@ -210,6 +212,7 @@ func benchFullInternal(b *testing.B, opts qemutest.Options) {
 		d := time.Since(t0)
 		b.StopTimer()
 		raw.job(b, "snapshot-delete", "del-"+tag, map[string]any{"tag": tag, "devices": devices})
+		syscall.Sync()
 		b.StartTimer()
 		return d
 	}
@@ -258,6 +261,7 @@ func benchFullInternal(b *testing.B, opts qemutest.Options) {
 		if _, err := dom.Delete(ctx, name, 0).Wait(ctx); err != nil {
 			b.Fatal(err)
 		}
+		syscall.Sync()
 		b.StartTimer()
 		return ls
 	}

@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -169,8 +170,9 @@ func benchXlsnapCreate(b *testing.B, opts qemutest.Options) {
 		}
 	}
 	// Each iteration times one raw snapshot and one taken by xlsnap, in
-	// alternating order (whichever goes first may inherit the writeback of
-	// the previous delete), each deleted outside the timing.
+	// alternating order, each deleted outside the timing and the
+	// filesystems synced after the delete, so that neither inherits the
+	// writeback of the previous one (an fsync of a record can wait for it).
 	rawSnapshot := func(i int) time.Duration {
 		tag := fmt.Sprintf("raw%d", i)
 		t0 := time.Now()
@@ -178,6 +180,7 @@ func benchXlsnapCreate(b *testing.B, opts qemutest.Options) {
 		d := time.Since(t0)
 		b.StopTimer()
 		raw.job(b, "snapshot-delete", "del-"+tag, map[string]any{"tag": tag, "devices": devices})
+		syscall.Sync()
 		b.StartTimer()
 		return d
 	}
@@ -188,6 +191,7 @@ func benchXlsnapCreate(b *testing.B, opts qemutest.Options) {
 		d := time.Since(t0)
 		b.StopTimer()
 		run("snapshot-delete", "-n", name, xlSock)
+		syscall.Sync()
 		b.StartTimer()
 		return d
 	}
