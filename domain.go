@@ -125,13 +125,21 @@ func Open(ctx context.Context, mon qmp.Monitor, opts Options) (*Domain, error) {
 		return nil, &Error{Op: "open", Err: errors.New("nil monitor (use OpenOffline for a shut-off domain)")}
 	}
 	mon = logMonitor(mon, opts.Logger)
+	// The probe and query-uuid go out together: one round trip.
+	var (
+		qemuUUID string
+		uuidErr  error
+		wg       sync.WaitGroup
+	)
+	wg.Add(1)
+	go func() { defer wg.Done(); qemuUUID, uuidErr = qemu.UUID(ctx, mon) }()
 	feat, err := qmp.Probe(ctx, mon)
+	wg.Wait()
 	if err != nil {
 		return nil, &Error{Op: "open", Domain: opts.UUID, Err: fmt.Errorf("probe QEMU: %w", err)}
 	}
-	qemuUUID, err := qemu.UUID(ctx, mon)
-	if err != nil {
-		return nil, &Error{Op: "open", Err: fmt.Errorf("query-uuid: %w", err)}
+	if uuidErr != nil {
+		return nil, &Error{Op: "open", Err: fmt.Errorf("query-uuid: %w", uuidErr)}
 	}
 	uuid := opts.UUID
 	switch {

@@ -3,6 +3,7 @@ package qmp
 import (
 	"context"
 	"fmt"
+	"sync"
 )
 
 // Version is a QEMU version, as reported by query-version and the QMP
@@ -71,15 +72,31 @@ func (f *Features) HasMigrationCapability(name string) bool {
 // A QEMU without query-migrate-capabilities yields an empty
 // MigrationCapabilities, not an error.
 func Probe(ctx context.Context, m Monitor) (*Features, error) {
-	var v wireVersion
-	if err := m.Execute(ctx, "query-version", nil, &v); err != nil {
-		return nil, fmt.Errorf("qmp: probe features: %w", err)
-	}
-	var cmds []struct {
-		Name string `json:"name"`
-	}
-	if err := m.Execute(ctx, "query-commands", nil, &cmds); err != nil {
-		return nil, fmt.Errorf("qmp: probe features: %w", err)
+	// The three queries go out together (a Monitor is safe for concurrent
+	// use, and a Client pipelines them on its connection): one round trip
+	// instead of three. query-migrate-capabilities is asked for whether
+	// or not QEMU has it; a QEMU without it answers CommandNotFound.
+	var (
+		v    wireVersion
+		cmds []struct {
+			Name string `json:"name"`
+		}
+		caps []struct {
+			Capability string `json:"capability"`
+			State      bool   `json:"state"`
+		}
+		errs [3]error
+		wg   sync.WaitGroup
+	)
+	wg.Add(2)
+	go func() { defer wg.Done(); errs[1] = m.Execute(ctx, "query-commands", nil, &cmds) }()
+	go func() { defer wg.Done(); errs[2] = m.Execute(ctx, "query-migrate-capabilities", nil, &caps) }()
+	errs[0] = m.Execute(ctx, "query-version", nil, &v)
+	wg.Wait()
+	for _, err := range errs[:2] {
+		if err != nil {
+			return nil, fmt.Errorf("qmp: probe features: %w", err)
+		}
 	}
 	f := &Features{
 		Version:               v.version(),
@@ -89,16 +106,8 @@ func Probe(ctx context.Context, m Monitor) (*Features, error) {
 	for _, c := range cmds {
 		f.Commands[c.Name] = true
 	}
-	if !f.Has("query-migrate-capabilities") {
-		return f, nil
-	}
-	var caps []struct {
-		Capability string `json:"capability"`
-		State      bool   `json:"state"`
-	}
-	err := m.Execute(ctx, "query-migrate-capabilities", nil, &caps)
-	switch {
-	case IsClass(err, "CommandNotFound"):
+	switch err := errs[2]; {
+	case !f.Has("query-migrate-capabilities"), IsClass(err, "CommandNotFound"):
 		return f, nil
 	case err != nil:
 		return nil, fmt.Errorf("qmp: probe features: %w", err)
