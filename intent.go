@@ -164,6 +164,9 @@ func fromRecord(r *store.Record) *DomainSnapshot {
 			s.partial = append(s.partial, dd.Device)
 			continue
 		}
+		if s.Disks == nil {
+			s.Disks = make([]DiskSnapshot, 0, len(r.Disks))
+		}
 		s.Disks = append(s.Disks, DiskSnapshot{
 			Device: dd.Device, Node: dd.Node, File: dd.File, Kind: DiskKind(dd.Kind), ID: dd.ID, Name: dd.Tag,
 			Overlay: dd.Overlay, VMStateSize: dd.VMStateSize, Date: dd.Date, VMClock: dd.VMClock,
