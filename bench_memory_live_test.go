@@ -53,7 +53,7 @@ func BenchmarkMemoryLivePause(b *testing.B) {
 			b.Setenv(qemutest.DirEnv, q.dir)
 			dir := b.TempDir()
 			data := filepath.Join(dir, "data.bin")
-			memWriteRandom(b, data, 128<<20)
+			qemutest.WriteRandom(b, data, 128<<20)
 			vm := qemutest.Start(b, qemutest.Options{Disks: 2, MemoryMiB: 256, DiskSize: "512M", Dir: dir, Loaders: []qemutest.Loader{{File: data, Addr: memDataAddr}}})
 			fs, err := store.NewFileStore(filepath.Join(dir, "store"))
 			if err != nil {

@@ -4,9 +4,7 @@ package vmsnap_test
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -56,7 +54,7 @@ func memStartVM(b *testing.B, dir string, memMiB, dataMiB int) (*qemutest.VM, *q
 	b.Helper()
 	data := filepath.Join(dir, fmt.Sprintf("data-%d.bin", dataMiB))
 	if _, err := os.Stat(data); err != nil {
-		memWriteRandom(b, data, int64(dataMiB)<<20)
+		qemutest.WriteRandom(b, data, int64(dataMiB)<<20)
 	}
 	vm := qemutest.Start(b, qemutest.Options{Disks: 1, MemoryMiB: memMiB, Dir: dir, Loaders: []qemutest.Loader{{File: data, Addr: memDataAddr}}})
 	return vm, memProbe(b, vm), data
@@ -69,19 +67,6 @@ func memProbe(b *testing.B, vm *qemutest.VM) *qmp.Features {
 		b.Fatal(err)
 	}
 	return feat
-}
-
-func memWriteRandom(b *testing.B, path string, size int64) {
-	b.Helper()
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := io.CopyN(f, rand.Reader, size); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { os.Remove(path) })
 }
 
 // memDropCache evicts path's pages from the page cache (its own pages only),

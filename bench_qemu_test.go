@@ -3,11 +3,9 @@ package vmsnap_test
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -106,35 +104,9 @@ func BenchmarkFullInternalSnapshot(b *testing.B) {
 	b.Run("idle-64MiB", func(b *testing.B) { benchFullInternal(b, qemutest.Options{}) })
 	b.Run("loaded-128MiB", func(b *testing.B) {
 		blob := filepath.Join(b.TempDir(), "ram.bin")
-		writeRandom(b, blob, 128<<20)
+		qemutest.WriteRandom(b, blob, 128<<20)
 		benchFullInternal(b, qemutest.Options{MemoryMiB: 256, DiskSize: "512M", Loaders: []qemutest.Loader{{File: blob, Addr: 0x1000000}}})
 	})
-}
-
-// writeRandom writes size bytes of incompressible data to path and
-// flushes them to disk, so that their writeback does not land in the
-// middle of what the caller measures (on ext4 an fsync of a small file can
-// wait for another file's data).
-func writeRandom(tb testing.TB, path string, size int) {
-	tb.Helper()
-	buf := make([]byte, size)
-	if _, err := rand.Read(buf); err != nil {
-		tb.Fatal(err)
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	_, err = f.Write(buf)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		tb.Fatal(err)
-	}
 }
 
 // timedStore is a FileStore that sums the time spent in its durable
@@ -317,7 +289,7 @@ func median(v []float64) float64 {
 // QEMU, no restart.
 func BenchmarkRevertInternal(b *testing.B) {
 	blob := filepath.Join(b.TempDir(), "ram.bin")
-	writeRandom(b, blob, 128<<20)
+	qemutest.WriteRandom(b, blob, 128<<20)
 	vm := qemutest.Start(b, qemutest.Options{MemoryMiB: 256, DiskSize: "512M", Loaders: []qemutest.Loader{{File: blob, Addr: 0x1000000}}})
 	ctx := context.Background()
 	fs, err := store.NewFileStore(b.TempDir())

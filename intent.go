@@ -339,12 +339,23 @@ func (d *Domain) markMerging(ctx context.Context, r *store.Record, idx int, chil
 	return d.putRecord(ctx, r)
 }
 
+// markPivot records on r that disk idx's active commit is about to be
+// completed (see merge.Disk.Pivoting).
+func (d *Domain) markPivot(ctx context.Context, r *store.Record, idx int) error {
+	if r.Labels == nil {
+		r.Labels = map[string]string{}
+	}
+	r.Labels[labelMergingPivot+strconv.Itoa(idx)] = "true"
+	return d.putRecord(ctx, r)
+}
+
 // markDiskDeleted records that the delete of r is done on disk idx (a
 // rerun must not merge it again) and drops its progress marks.
 func (d *Domain) markDiskDeleted(ctx context.Context, r *store.Record, idx int) error {
 	r.Disks[idx].Removed = true
 	delete(r.Labels, labelMerging+strconv.Itoa(idx))
 	delete(r.Labels, labelMergingJob+strconv.Itoa(idx))
+	delete(r.Labels, labelMergingPivot+strconv.Itoa(idx))
 	return d.putRecord(ctx, r)
 }
 

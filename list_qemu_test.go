@@ -20,7 +20,7 @@ func TestQEMUListDuringMemorySave(t *testing.T) {
 		t.Skip("writes a 512 MiB memory file")
 	}
 	blob := filepath.Join(t.TempDir(), "ram.bin")
-	writeRandom(t, blob, 480<<20)
+	qemutest.WriteRandom(t, blob, 480<<20)
 	l := openLaunched(t, qemutest.Options{MemoryMiB: 512, DiskSize: "512M", Loaders: []qemutest.Loader{{File: blob, Addr: 0x1000000}}}, vmsnap.Options{})
 	ctx := testCtx(t)
 	if _, err := l.dom.Create(ctx, vmsnap.CreateSpec{Name: "before"}, vmsnap.External|vmsnap.DiskOnly).Wait(ctx); err != nil {

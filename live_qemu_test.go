@@ -21,7 +21,7 @@ import (
 func loadedGuest(t *testing.T, vopts vmsnap.Options) *launched {
 	t.Helper()
 	blob := filepath.Join(t.TempDir(), "ram.bin")
-	writeRandom(t, blob, 128<<20)
+	qemutest.WriteRandom(t, blob, 128<<20)
 	return openLaunched(t, qemutest.Options{MemoryMiB: 256, DiskSize: "512M", Loaders: []qemutest.Loader{{File: blob, Addr: 0x1000000}}}, vopts)
 }
 
@@ -227,7 +227,7 @@ func TestQEMUCancelLargeSave(t *testing.T) {
 // cannot vouch for is gone, and the guest runs again.
 func TestQEMUInterruptedMemorySave(t *testing.T) {
 	blob := filepath.Join(t.TempDir(), "ram.bin")
-	writeRandom(t, blob, 128<<20)
+	qemutest.WriteRandom(t, blob, 128<<20)
 	sock := filepath.Join(t.TempDir(), "dom.sock")
 	vm := qemutest.Start(t, qemutest.Options{MemoryMiB: 256, DiskSize: "512M",
 		Loaders:   []qemutest.Loader{{File: blob, Addr: 0x1000000}},

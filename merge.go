@@ -165,7 +165,6 @@ func (d *Domain) runDiskMerge(ctx context.Context, r *store.Record, dp merge.Dis
 		}
 	}
 	jobID := r.Labels[labelMergingJob+strconv.Itoa(dp.Index)]
-	delete(r.Labels, labelMergingPivot+strconv.Itoa(dp.Index))
 	if err := d.markDiskDeleted(ctx, r, dp.Index); err != nil {
 		return err
 	}
@@ -211,16 +210,6 @@ func (d *Domain) mergeChild(ctx context.Context, r *store.Record, dp merge.DiskP
 	// runs on the finished merge (merge.Disk.Pivoting).
 	pivot := func() error { return d.markPivot(ctx, r, dp.Index) }
 	return qemu.RunJob(ctx, d.mon, qemu.Job{ID: jobID, Command: "block-commit", Args: args, CompleteWhenReady: top == "", BeforeComplete: pivot, Keep: true})
-}
-
-// markPivot records on r that disk idx's active commit is about to be
-// completed (see merge.Disk.Pivoting).
-func (d *Domain) markPivot(ctx context.Context, r *store.Record, idx int) error {
-	if r.Labels == nil {
-		r.Labels = map[string]string{}
-	}
-	r.Labels[labelMergingPivot+strconv.Itoa(idx)] = "true"
-	return d.putRecord(ctx, r)
 }
 
 // dropStaleNodes removes from QEMU's graph the nodes still open on image

@@ -31,7 +31,7 @@ import (
 func (d *Domain) repairInterrupted(ctx context.Context, recs []*store.Record) error {
 	var pending []*store.Record
 	for _, r := range recs {
-		if r.Status != store.StatusOK || r.Labels[labelRevertWant] != "" {
+		if inFlight(r) != "" {
 			pending = append(pending, r)
 		}
 	}

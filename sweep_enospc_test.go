@@ -109,7 +109,7 @@ func TestSweepStoreFull(t *testing.T) {
 func TestSweepLiveThenFull(t *testing.T) {
 	qemutest.Require(t)
 	blob := filepath.Join(t.TempDir(), "ram.bin")
-	writeRandom(t, blob, 128<<20)
+	qemutest.WriteRandom(t, blob, 128<<20)
 	op := findSweepOp("ext-live-create")
 	for _, victim := range []string{"process", "cancel"} {
 		t.Run(victim, func(t *testing.T) {

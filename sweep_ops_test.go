@@ -222,7 +222,7 @@ func TestSweep(t *testing.T) {
 		t.Skipf("sweeps run on the system QEMU only (%s=%s)", qemutest.DirEnv, dir)
 	}
 	blob := filepath.Join(t.TempDir(), "ram.bin")
-	writeRandom(t, blob, 128<<20)
+	qemutest.WriteRandom(t, blob, 128<<20)
 	minTimed, minPoints := 6, 10
 	if testing.Short() {
 		minTimed, minPoints = 3, 3

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
 	"encoding/json"
 	"fmt"
 	"net"
@@ -113,36 +112,10 @@ func BenchmarkXlsnapCreate(b *testing.B) {
 	qemutest.Require(b)
 	b.Run("loaded-128MiB", func(b *testing.B) {
 		blob := filepath.Join(b.TempDir(), "ram.bin")
-		writeRandomFile(b, blob, 128<<20)
+		qemutest.WriteRandom(b, blob, 128<<20)
 		benchXlsnapCreate(b, qemutest.Options{MemoryMiB: 256, DiskSize: "512M", Loaders: []qemutest.Loader{{File: blob, Addr: 0x1000000}}})
 	})
 	b.Run("idle-64MiB", func(b *testing.B) { benchXlsnapCreate(b, qemutest.Options{}) })
-}
-
-// writeRandomFile writes size bytes of incompressible data to path and
-// flushes them to disk, so that their writeback does not land in the
-// middle of the measurement (on ext4 an fsync of a small file, such as a
-// snapshot record, can wait for another file's data).
-func writeRandomFile(tb testing.TB, path string, size int) {
-	tb.Helper()
-	buf := make([]byte, size)
-	if _, err := rand.Read(buf); err != nil {
-		tb.Fatal(err)
-	}
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	_, err = f.Write(buf)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		tb.Fatal(err)
-	}
 }
 
 func benchXlsnapCreate(b *testing.B, opts qemutest.Options) {

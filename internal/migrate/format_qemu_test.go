@@ -135,7 +135,7 @@ func TestLoadRefusesMappedRAMQEMU(t *testing.T) {
 		t.Skipf("QEMU %s reads mapped-ram (TestMappedRAMRevertQEMU covers it)", feat.Version)
 	}
 	path := filepath.Join(t.TempDir(), "mem.mapped")
-	writeRandomFile(t, path, 1<<20)
+	qemutest.WriteRandom(t, path, 1<<20)
 	refusesMappedRAM(t, vm, feat, path)
 }
 

@@ -2,10 +2,8 @@ package migrate
 
 import (
 	"context"
-	"crypto/rand"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,7 +30,7 @@ func startVM(t testing.TB, bigRAM bool, extra ...string) (*qemutest.VM, *qmp.Fea
 	opts := qemutest.Options{Disks: 2, ExtraArgs: extra}
 	if bigRAM {
 		data := filepath.Join(t.TempDir(), "ram.bin")
-		writeRandomFile(t, data, 128<<20)
+		qemutest.WriteRandom(t, data, 128<<20)
 		opts = qemutest.Options{Disks: 1, MemoryMiB: 256, Loaders: []qemutest.Loader{{File: data, Addr: bigRAMAddr}}, ExtraArgs: extra}
 	}
 	vm := qemutest.Start(t, opts)
@@ -41,21 +39,6 @@ func startVM(t testing.TB, bigRAM bool, extra ...string) (*qemutest.VM, *qmp.Fea
 		t.Fatal(err)
 	}
 	return vm, feat
-}
-
-func writeRandomFile(t testing.TB, path string, size int64) {
-	t.Helper()
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if _, err := io.CopyN(f, rand.Reader, size); err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Close(); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // qemuFDsOn counts QEMU's descriptors open on path.
@@ -554,7 +537,7 @@ func BenchmarkSave(b *testing.B) {
 	qemutest.Require(b)
 	dir := b.TempDir()
 	src := filepath.Join(dir, "dd.src")
-	writeRandomFile(b, src, ddMiB<<20)
+	qemutest.WriteRandom(b, src, ddMiB<<20)
 	vm, feat := startVM(b, true)
 	ctx := context.Background()
 	var bytes uint64
