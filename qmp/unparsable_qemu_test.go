@@ -54,10 +54,25 @@ func TestQEMUUnparsableRequests(t *testing.T) {
 	if !errors.Is(err, qmp.ErrClosed) || !strings.Contains(err.Error(), "could not parse") || ctx.Err() != nil {
 		t.Fatalf("too deep a request: %v, want ErrClosed saying QEMU could not parse it, at once", err)
 	}
-	// QEMU itself is fine: a new connection works.
+	// QEMU itself is fine: a new connection works. QEMU 5.2 may still be
+	// parsing the closed connection's input when the next one attaches,
+	// and fails that one's first request the same way: a later one works.
 	c.Close()
-	c2 := dialQEMU(t, p)
-	if _, err := qmp.QueryStatus(context.Background(), c2); err != nil {
-		t.Fatal(err)
+	for try := 1; ; try++ {
+		dctx, dcancel := context.WithTimeout(context.Background(), 10*time.Second)
+		c2, err := qmp.Dial(dctx, "unix:"+p.sock)
+		dcancel()
+		if err == nil {
+			defer c2.Close()
+			if _, err := qmp.QueryStatus(context.Background(), c2); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+		if try == 5 || !strings.Contains(err.Error(), "could not parse") {
+			t.Fatalf("new connection after the bad request (try %d): %v", try, err)
+		}
+		t.Logf("try %d: %v", try, err)
+		time.Sleep(50 * time.Millisecond)
 	}
 }
