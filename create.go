@@ -228,21 +228,14 @@ func (d *Domain) createInputs(ctx context.Context, name string, p createPlan, al
 		disksErr error
 		nameErr  error
 	)
-	if all == nil {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			all, disksErr = d.disks(ctx)
-		}()
-	}
-	if !p.offline {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			st, err := d.guestState(ctx)
-			in.running, in.stateErr = st.Running, err
-		}()
-	}
+	// The store's reads start first, QEMU's disks last (the goroutine
+	// that runs first once this one waits), and this goroutine asks for
+	// the guest's state: both QMP queries go out at once.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		in.current, in.currentErr = d.store.Current(ctx, d.uuid)
+	}()
 	if p.record {
 		wg.Add(1)
 		go func() {
@@ -254,7 +247,17 @@ func (d *Domain) createInputs(ctx context.Context, name string, p createPlan, al
 			}
 		}()
 	}
-	in.current, in.currentErr = d.store.Current(ctx, d.uuid)
+	if all == nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			all, disksErr = d.disks(ctx)
+		}()
+	}
+	if !p.offline {
+		st, err := d.guestState(ctx)
+		in.running, in.stateErr = st.Running, err
+	}
 	wg.Wait()
 	if nameErr != nil {
 		return in, nameErr

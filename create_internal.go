@@ -32,7 +32,21 @@ func (c *creation) internal(ctx context.Context, spec CreateSpec) error {
 			return d.undoCreate(ctx, s, c.wasRunning, c.meta, fmt.Errorf("quiesce: %w", err))
 		}
 	}
-	var takeErr error
+	var (
+		takeErr error
+		// The read-back of a full snapshot starts as soon as QEMU has
+		// finished the save, pipelined with the job's last commands.
+		readBack  chan struct{}
+		after     []Disk
+		afterErr  error
+		concluded = func() {
+			readBack = make(chan struct{})
+			go func() {
+				defer close(readBack)
+				after, afterErr = d.disks(context.WithoutCancel(ctx))
+			}()
+		}
+	)
 	if c.plan.kind == kindInternalDiskOnly {
 		c.op.setPhase(PhaseSnappingDisks)
 		// Once sent, the transaction's outcome matters whatever ctx
@@ -43,8 +57,11 @@ func (c *creation) internal(ctx context.Context, spec CreateSpec) error {
 	} else {
 		c.op.setPhase(PhaseSavingMemory)
 		var dt time.Duration
-		dt, takeErr = d.saveInternal(ctx, c.op, disks, vmstate, s.Name, c.wasRunning)
+		dt, takeErr = d.saveInternal(ctx, c.op, disks, vmstate, s.Name, c.wasRunning, concluded)
 		s.Downtime = dt
+		if readBack != nil {
+			<-readBack
+		}
 	}
 	if thaw != nil {
 		if err := thaw(); err != nil && takeErr == nil {
@@ -61,29 +78,28 @@ func (c *creation) internal(ctx context.Context, spec CreateSpec) error {
 	// longer rolls it back).
 	c.op.pastNoReturn()
 	ctx = context.WithoutCancel(ctx)
-	// Read back what QEMU recorded (ids, dates, vm clock, vmstate size)
-	// while the guest is left as the flags say: the two are independent,
-	// so their commands are pipelined. A full snapshot of a running guest
-	// needs only the read-back: QEMU resumed the guest itself when the
-	// save ended (its STOP and RESUME events gave the downtime), so
-	// without Halt asking for its state again would change nothing.
+	// Read back what QEMU recorded (ids, dates, vm clock, vmstate size),
+	// unless the full snapshot's read-back already ran, while the guest
+	// is left as the flags say: the two are independent, so their
+	// commands are pipelined. A full snapshot of a running guest needs
+	// only the read-back: QEMU resumed the guest itself when the save
+	// ended (its STOP and RESUME events gave the downtime), so without
+	// Halt asking for its state again would change nothing.
 	var (
-		after     []Disk
-		afterErr  error
 		finishErr error
+		wg        sync.WaitGroup
 	)
-	if c.plan.kind == kindInternalFull && c.wasRunning && !c.plan.halt && s.Downtime > 0 {
-		after, afterErr = d.disks(ctx)
-	} else {
-		var wg sync.WaitGroup
+	if readBack == nil {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			after, afterErr = d.disks(ctx)
 		}()
-		finishErr = c.finish(ctx)
-		wg.Wait()
 	}
+	if resumedByQEMU := c.plan.kind == kindInternalFull && c.wasRunning && !c.plan.halt && s.Downtime > 0; !resumedByQEMU {
+		finishErr = c.finish(ctx)
+	}
+	wg.Wait()
 	if afterErr == nil {
 		fillFromDisks(s, after)
 	}
@@ -96,9 +112,10 @@ func (c *creation) internal(ctx context.Context, spec CreateSpec) error {
 // saveInternal saves memory, devices and disks inside the images with the
 // backend the plan chose (internal/qemu's VMState: the snapshot-save job,
 // or HMP savevm on an older QEMU). It returns how long the guest was
-// stopped as QEMU's STOP and RESUME events tell.
-func (d *Domain) saveInternal(ctx context.Context, op *Op[*DomainSnapshot], disks []Disk, vmstate Disk, tag string, wasRunning bool) (time.Duration, error) {
-	return d.vmstate.Save(ctx, qemu.SaveSpec{Tag: tag, VMStateNode: vmstate.Node, Devices: nodeNames(disks), WasRunning: wasRunning, Progress: op.setFraction})
+// stopped as QEMU's STOP and RESUME events tell. concluded, if not nil,
+// runs once QEMU has finished (see qemu.SaveSpec).
+func (d *Domain) saveInternal(ctx context.Context, op *Op[*DomainSnapshot], disks []Disk, vmstate Disk, tag string, wasRunning bool, concluded func()) (time.Duration, error) {
+	return d.vmstate.Save(ctx, qemu.SaveSpec{Tag: tag, VMStateNode: vmstate.Node, Devices: nodeNames(disks), WasRunning: wasRunning, Progress: op.setFraction, Concluded: concluded})
 }
 
 // undoCreate rolls back a create that failed: it removes the disk snapshots

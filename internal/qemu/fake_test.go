@@ -3,9 +3,11 @@ package qemu_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -258,6 +260,38 @@ func TestFakeRunJob(t *testing.T) {
 		}
 	})
 
+	t.Run("concluded hook", func(t *testing.T) {
+		// Concluded runs once, after the job's start and before
+		// query-jobs, when the images hold the job's work.
+		for _, fail := range []bool{false, true} {
+			rec := &recordingMonitor{Monitor: mon}
+			j := save(fmt.Sprintf("hook-%v", fail))
+			if fail {
+				srv.FailJob("snapshot-save", "injected failure")
+			}
+			var calls int
+			var seen []string
+			j.Concluded = func() {
+				calls++
+				rec.note("concluded")
+				seen = tags(t, srv, "disk1")
+			}
+			err := qemu.RunJob(ctx, rec, j)
+			srv.ClearFaults()
+			if fail != (err != nil) {
+				t.Fatalf("fail=%v: RunJob: %v", fail, err)
+			}
+			log := rec.log()
+			at := slices.Index(log, "concluded")
+			if calls != 1 || at < 1 || log[0] != "snapshot-save" || !slices.Contains(log[at:], "query-jobs") || slices.Contains(log[:at], "query-jobs") {
+				t.Errorf("fail=%v: %d calls, commands and hook in order %v; want the hook once, between snapshot-save and query-jobs", fail, calls, log)
+			}
+			if !fail && !slices.Contains(seen, j.Args["tag"].(string)) {
+				t.Errorf("the hook saw disk1 holding %v, without the job's snapshot", seen)
+			}
+		}
+	})
+
 	t.Run("start refused", func(t *testing.T) {
 		j := save("s1") // exists already: refused in the job
 		var je *qemu.JobError
@@ -453,4 +487,29 @@ func removeFile(f string) error {
 		return err
 	}
 	return nil
+}
+
+// recordingMonitor logs the commands sent through it, and notes from the
+// test, in order.
+type recordingMonitor struct {
+	qmp.Monitor
+	mu   sync.Mutex
+	cmds []string
+}
+
+func (m *recordingMonitor) note(s string) {
+	m.mu.Lock()
+	m.cmds = append(m.cmds, s)
+	m.mu.Unlock()
+}
+
+func (m *recordingMonitor) log() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.cmds)
+}
+
+func (m *recordingMonitor) Execute(ctx context.Context, command string, args, result any) error {
+	m.note(command)
+	return m.Monitor.Execute(ctx, command, args, result)
 }

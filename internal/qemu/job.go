@@ -147,6 +147,11 @@ type Job struct {
 	// BeforeComplete, when not nil, runs just before job-complete is
 	// sent; its error stops RunJob (the job is left ready in QEMU).
 	BeforeComplete func() error
+	// Concluded, if not nil, is called once when RunJob learns that the
+	// job concluded, before it sends query-jobs: a caller's own queries
+	// started from it are pipelined with RunJob's last commands and see
+	// QEMU as the job left it, whether the job succeeded or not.
+	Concluded func()
 	// Keep leaves a successful job concluded in QEMU, undismissed, as
 	// evidence for reconciliation until the caller has recorded its
 	// outcome and calls Dismiss. A failed job is always dismissed.
@@ -222,6 +227,9 @@ func RunJob(ctx context.Context, mon qmp.Monitor, job Job) error {
 			if data.Status != "concluded" {
 				continue
 			}
+			if job.Concluded != nil && polled == nil {
+				job.Concluded()
+			}
 			if info, err = FindJob(wctx, mon, id); err != nil {
 				return err
 			}
@@ -234,6 +242,9 @@ func RunJob(ctx context.Context, mon qmp.Monitor, job Job) error {
 				job.Progress(j.CurrentProgress, j.TotalProgress)
 			}
 			if j.Status == "concluded" && polled == nil {
+				if job.Concluded != nil {
+					job.Concluded()
+				}
 				polled = j
 				grace = time.After(time.Second)
 			}

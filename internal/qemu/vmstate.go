@@ -82,6 +82,11 @@ type SaveSpec struct {
 	// Progress, if not nil, receives the job's progress in bytes (jobs
 	// only).
 	Progress func(cur, total uint64)
+	// Concluded, if not nil, is called once QEMU has finished the save
+	// (well or not), before Save returns; not when the wait for QEMU
+	// failed. With jobs it runs before the job's last commands (see
+	// Job.Concluded), so queries started from it are pipelined with them.
+	Concluded func()
 }
 
 // Save takes a full internal snapshot and returns how long the guest was
@@ -101,12 +106,15 @@ func (v *VMState) Save(ctx context.Context, spec SaveSpec) (time.Duration, error
 		err = RunJob(ctx, v.mon, Job{
 			ID: NewJobID("save"), Command: "snapshot-save",
 			Args:     map[string]any{"tag": spec.Tag, "vmstate": spec.VMStateNode, "devices": spec.Devices},
-			Progress: spec.Progress, Observe: dt.Observe,
+			Progress: spec.Progress, Observe: dt.Observe, Concluded: spec.Concluded,
 		})
 	} else {
 		err = RunHMPObserved(ctx, v.mon, &dt, spec.WasRunning, func() error {
 			return hmpErr(hmp.SaveVM(context.WithoutCancel(ctx), v.mon, spec.Tag))
 		})
+		if spec.Concluded != nil && !errors.Is(err, qmp.ErrClosed) {
+			spec.Concluded()
+		}
 	}
 	return dt.Total(), err
 }
