@@ -24,6 +24,8 @@
 //     is safe, when the guest ends in "postmigrate", and what a cancel does
 //     in each migration status. Save and Settle both follow these rules.
 //   - save.go, load.go, settle.go: the three operations.
+//   - feed.go: how a load feeds a stream file into the pipe QEMU reads
+//     (O_DIRECT reads into reused buffers, read ahead by a goroutine).
 //   - trace.go: WithTrace, which timestamps each step of a save (where a
 //     live save's pause goes).
 //
@@ -139,4 +141,12 @@
 //     (the pages sit at fixed offsets in between), so StreamComplete
 //     checks both formats. 7.2 cannot read it; Load refuses it there
 //     before sending anything.
+//   - Loading a stream, QEMU reads 32 KiB at a time. Fed through a pipe,
+//     it reads as much per wake-up as the pipe holds, so the pipe is
+//     enlarged to 1 MiB. Read by QEMU from the file itself, the file goes
+//     through the page cache; on this project's test machine (a VM whose
+//     kernel reports free pages to its host) the CPU time QEMU spent in
+//     those reads varied from 0.25 to 3.4 s for the same 514 MiB file,
+//     with no page faults of its own and no steal: the page cache's fresh
+//     pages cost host faults. The feed's O_DIRECT reads avoid that.
 package migrate

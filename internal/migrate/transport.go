@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"strings"
 	"sync"
@@ -169,7 +168,7 @@ func (t fdStream) attachSave(ctx context.Context, mon qmp.Monitor, f *os.File) (
 
 // attachLoad feeds the file to QEMU through a pipe whose read end is
 // passed with getfd, so the bytes fed are known (progress) and closing the
-// write end aborts the load.
+// write end aborts the load. feedPipe does the feeding.
 func (t fdStream) attachLoad(ctx context.Context, mon qmp.Monitor, f *os.File) (*endpoint, error) {
 	pr, pw, err := os.Pipe()
 	if err != nil {
@@ -186,9 +185,7 @@ func (t fdStream) attachLoad(ctx context.Context, mon qmp.Monitor, f *os.File) (
 	feedDone := make(chan struct{})
 	go func() {
 		defer close(feedDone)
-		// A write error (QEMU closed its end) ends the feed; QEMU's status
-		// says why.
-		_, _ = io.CopyBuffer(countingWriter{pw, &fed}, f, make([]byte, 1<<20))
+		feedPipe(pw, f, &fed)
 		closePipe()
 	}()
 	return &endpoint{
@@ -201,19 +198,6 @@ func (t fdStream) attachLoad(ctx context.Context, mon qmp.Monitor, f *os.File) (
 			return release(ctx)
 		},
 	}, nil
-}
-
-// countingWriter counts the bytes written through it. Being a plain
-// io.Writer it also keeps io.Copy from bypassing the count.
-type countingWriter struct {
-	w io.Writer
-	n *atomic.Uint64
-}
-
-func (c countingWriter) Write(p []byte) (int, error) {
-	n, err := c.w.Write(p)
-	c.n.Add(uint64(n))
-	return n, err
 }
 
 // fileStream passes the memory file with add-fd into a new fdset and

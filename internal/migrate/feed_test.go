@@ -1,0 +1,90 @@
+package migrate
+
+import (
+	"bytes"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// TestFeedPipe: the pipe carries the file byte for byte, whatever its size
+// against the chunk and O_DIRECT's alignment, and fed ends at its size.
+func TestFeedPipe(t *testing.T) {
+	for _, size := range []int{0, 1, feedAlign, feedChunk - 1, feedChunk, 3*feedChunk + 12345} {
+		data := make([]byte, size)
+		for i := range data {
+			data[i] = byte(rand.IntN(256))
+		}
+		path := filepath.Join(t.TempDir(), "mem")
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		f, err := os.Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		pr, pw, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { pr.Close() })
+		var fed atomic.Uint64
+		go func() {
+			feedPipe(pw, f, &fed)
+			pw.Close()
+		}()
+		got, err := io.ReadAll(pr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Errorf("size %d: the pipe carried %d bytes that differ from the file", size, len(got))
+		}
+		if fed.Load() != uint64(size) {
+			t.Errorf("size %d: fed %d", size, fed.Load())
+		}
+	}
+}
+
+// TestFeedPipeAbort: closing the pipe's write end while the reader has
+// stopped reading (QEMU stuck, or a cancelled load) ends the feed.
+func TestFeedPipeAbort(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mem")
+	if err := os.WriteFile(path, make([]byte, 8*feedChunk), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	pr, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pr.Close() })
+	var fed atomic.Uint64
+	closeW := sync.OnceFunc(func() { pw.Close() })
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		feedPipe(pw, f, &fed)
+	}()
+	// Nothing reads: the feed blocks once the pipe is full.
+	time.Sleep(100 * time.Millisecond)
+	closeW()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the feed did not end after its pipe was closed")
+	}
+	if n := fed.Load(); n >= 8*feedChunk {
+		t.Errorf("fed %d bytes into a pipe nobody read", n)
+	}
+}
