@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sort"
+	"sync"
 
 	"github.com/vmsnap/vmsnap/store"
 )
@@ -162,6 +163,27 @@ func (d *Domain) inspect(ctx context.Context, name string) (*DomainSnapshot, err
 
 func (d *Domain) list(ctx context.Context, op *Op[*Listing], flags ListFlags) (*Listing, error) {
 	op.setPhase(PhaseListing)
+	// The current snapshot and QEMU's view of the disks are read while the
+	// store lists the records: neither depends on the other.
+	var (
+		wg      sync.WaitGroup
+		current string
+		curErr  error
+		disks   []Disk
+		qemuErr error
+	)
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		current, curErr = d.store.Current(ctx, d.uuid)
+	}()
+	go func() {
+		defer wg.Done()
+		disks, qemuErr = d.imagesNow().disks(ctx)
+	}()
 	recs, listErr := d.store.List(ctx, d.uuid)
 	l := &Listing{}
 	if listErr != nil {
@@ -173,12 +195,6 @@ func (d *Domain) list(ctx context.Context, op *Op[*Listing], flags ListFlags) (*
 			l.Unreadable = append(l.Unreadable, UnreadableRecord{Name: e.Name, Path: e.Path, Err: e.Err})
 		}
 	}
-	current, err := d.store.Current(ctx, d.uuid)
-	if err != nil {
-		return nil, err
-	}
-	l.Current = current
-	disks, qemuErr := d.imagesNow().disks(ctx)
 	unreadable := map[string]bool{}
 	for _, u := range l.Unreadable {
 		if u.Name != "" {
@@ -186,26 +202,13 @@ func (d *Domain) list(ctx context.Context, op *Op[*Listing], flags ListFlags) (*
 		}
 	}
 	tree := store.BuildTree(recs)
-	if flags == 0 && len(recs) > 0 {
-		l.Snapshots = make([]*DomainSnapshot, 0, len(recs))
+	wg.Wait()
+	if curErr != nil {
+		return nil, curErr
 	}
-	for _, r := range recs {
-		s := fromRecord(r)
-		s.Current = s.Name == current
-		if qemuErr == nil && !s.HasProblem(ProblemInProgress) {
-			checkAgainstQEMU(s, disks)
-		}
-		if s.Parent != "" && tree.Record(s.Parent) == nil {
-			if unreadable[s.Parent] {
-				s.addProblem(ProblemParentUnreadable, "", fmt.Sprintf("the record of parent %q cannot be read", s.Parent))
-			} else {
-				s.addProblem(ProblemParentMissing, "", fmt.Sprintf("parent %q has no record", s.Parent))
-			}
-		}
-		if keep(s, flags, tree) {
-			l.Snapshots = append(l.Snapshots, s)
-		}
-	}
+	l.Current = current
+	l.Snapshots = listSnapshots(recs, listView{current: current, disks: disks, qemuOK: qemuErr == nil,
+		tree: tree, unreadable: unreadable, flags: flags})
 	if qemuErr != nil {
 		return l, fmt.Errorf("the disks could not be checked: %w", qemuErr)
 	}

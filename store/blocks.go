@@ -1,9 +1,12 @@
 package store
 
+import "unsafe"
+
 // recordBlocks hands out the memory of parsed records (the Record values,
 // their Disks and their Config bytes) carved from larger blocks, so that a
 // List of many records allocates a few hundred blocks instead of tens of
-// thousands of small objects. Blocks start small and double up to a limit,
+// thousands of small objects. The text of a record's strings is a slice of
+// a byte block too (text). Blocks start small and double up to a limit,
 // so a short listing allocates little. Each piece is zeroed and used by one
 // record only; slices are capped at their length (an append by the caller
 // reallocates rather than writing over a neighbour). The records of one
@@ -71,6 +74,17 @@ func (b *recordBlocks) byteSlice(n int) []byte {
 	s := b.bytes[len(b.bytes) : len(b.bytes) : len(b.bytes)+n]
 	b.bytes = b.bytes[:len(b.bytes)+n]
 	return s
+}
+
+// text returns a string holding the bytes of t: a slice of a byte block
+// that nothing writes again (for a nil *recordBlocks, or a long t, a
+// string of its own).
+func (b *recordBlocks) text(t []byte) string {
+	if b == nil || len(t) == 0 || len(t) > maxBytesPerBlock/8 {
+		return string(t)
+	}
+	s := append(b.byteSlice(len(t)), t...)
+	return unsafe.String(unsafe.SliceData(s), len(s))
 }
 
 // canonScratch returns the fast path's working memory: the same each time,

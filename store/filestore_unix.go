@@ -510,15 +510,25 @@ func recordError(domain, dir, fn string, err error) *RecordError {
 // name is a symbolic link: ELOOP on Linux and macOS, EMLINK on FreeBSD.
 func isSymlinkErrno(err error) bool { return err == unix.ELOOP || err == unix.EMLINK }
 
+// readFlags opens a file to read without following a symbolic link or
+// blocking on a FIFO.
+const readFlags = unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_CLOEXEC | unix.O_NONBLOCK
+
 // readAt reads the file name in dirfd into buf (reusing its capacity).
 func readAt(dirfd int, dir, name string, buf []byte, euid int) ([]byte, error) {
-	fd, err := openat(dirfd, name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
-	if err != nil {
+	fd, err := openat(dirfd, name, readFlags, 0)
+	return readOpened(fd, err, dir, name, buf, euid)
+}
+
+// readOpened reads the file name of dir that fd is open on (or reports
+// openErr, the error of that open), checks it like readAt and closes it.
+func readOpened(fd int, openErr error, dir, name string, buf []byte, euid int) ([]byte, error) {
+	if openErr != nil {
 		path := dir + "/" + name
-		if isSymlinkErrno(err) {
+		if isSymlinkErrno(openErr) {
 			return buf, fmt.Errorf("store: %s: is a symbolic link: %w", path, ErrUnsafePermissions)
 		}
-		return buf, fmt.Errorf("store: %w", &os.PathError{Op: "open", Path: path, Err: err})
+		return buf, fmt.Errorf("store: %w", &os.PathError{Op: "open", Path: path, Err: openErr})
 	}
 	defer unix.Close(fd)
 	size, err := checkFile(fd, dir, name, false, euid)
@@ -566,18 +576,25 @@ func readRecord(dirfd int, dir, name string, buf []byte, euid int, blocks *recor
 	if err != nil {
 		return nil, data, err
 	}
+	r, err := parseRecordFile(data, dir, name, blocks)
+	return r, data, err
+}
+
+// parseRecordFile parses data, read from the record file name of dir, and
+// checks that it holds the snapshot its file name says.
+func parseRecordFile(data []byte, dir, name string, blocks *recordBlocks) (*Record, error) {
 	r, err := unmarshal(data, blocks)
 	if err != nil {
 		var ce *CorruptError
 		if errors.As(err, &ce) {
 			ce.Path = dir + "/" + name
 		}
-		return nil, data, err
+		return nil, err
 	}
 	if !fileNameMatches(r.Name, name) {
-		return nil, data, &CorruptError{Path: dir + "/" + name, Err: fmt.Errorf("holds snapshot %q, whose file would be %s", r.Name, RecordFileName(r.Name))}
+		return nil, &CorruptError{Path: dir + "/" + name, Err: fmt.Errorf("holds snapshot %q, whose file would be %s", r.Name, RecordFileName(r.Name))}
 	}
-	return r, data, nil
+	return r, nil
 }
 
 func readCurrent(dirfd int, dir string, euid int) (string, error) {

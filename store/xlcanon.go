@@ -157,7 +157,7 @@ func unmarshalCanonical(data []byte, blocks *recordBlocks) (*Record, bool) {
 	if !c.ok || c.p.pos != len(data) {
 		return nil, false
 	}
-	text := string(c.text)
+	text := blocks.text(c.text)
 	for _, f := range c.fixes {
 		*f.dst = text[f.text.a:f.text.b]
 	}
@@ -293,23 +293,20 @@ func (c *canonParser) timestamp() time.Time {
 
 // number reads a decimal number up to max and the end of its line. It
 // gives up on anything the general parser would read differently (hex,
-// other letters) or refuse (too large).
+// other letters) or refuse (too large), and on more than 19 digits (which
+// it would have to check for overflow digit by digit).
 func (c *canonParser) number(max uint64) uint64 {
 	p := &c.p
 	if !c.ok {
 		return 0
 	}
 	i := p.pos
+	end := min(len(p.data), i+19) // 19 digits never overflow a uint64
 	var n uint64
-	for ; i < len(p.data) && '0' <= p.data[i] && p.data[i] <= '9'; i++ {
-		d := uint64(p.data[i] - '0')
-		if d > max || n > (max-d)/10 {
-			c.ok = false
-			return 0
-		}
-		n = n*10 + d
+	for ; i < end && '0' <= p.data[i] && p.data[i] <= '9'; i++ {
+		n = n*10 + uint64(p.data[i]-'0')
 	}
-	if i == p.pos {
+	if i == p.pos || n > max || i < len(p.data) && '0' <= p.data[i] && p.data[i] <= '9' {
 		c.ok = false
 		return 0
 	}

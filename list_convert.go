@@ -1,0 +1,83 @@
+package vmsnap
+
+import (
+	"fmt"
+	"runtime"
+	"sync"
+
+	"github.com/vmsnap/vmsnap/store"
+)
+
+// listView is what List checks every record against.
+type listView struct {
+	current    string
+	disks      []Disk // QEMU's view, when qemuOK
+	qemuOK     bool
+	tree       *store.Tree
+	unreadable map[string]bool
+	flags      ListFlags
+}
+
+// listChunk is the number of records below which listSnapshots converts
+// them on one goroutine: under it, starting others costs more than it
+// saves.
+const listChunk = 512
+
+// listSnapshots converts the records to snapshots, checked against v, and
+// returns those that pass v's flags, in the records' order: nil when none
+// does. Records are independent of each other, so large listings are
+// converted by one goroutine per CPU, each on its own run of them.
+func listSnapshots(recs []*store.Record, v listView) []*DomainSnapshot {
+	if len(recs) == 0 {
+		return nil
+	}
+	snaps := make([]*DomainSnapshot, len(recs))
+	workers := min(runtime.GOMAXPROCS(0), (len(recs)+listChunk-1)/listChunk)
+	if workers <= 1 {
+		v.convert(recs, snaps)
+	} else {
+		var wg sync.WaitGroup
+		per := (len(recs) + workers - 1) / workers
+		for lo := 0; lo < len(recs); lo += per {
+			hi := min(lo+per, len(recs))
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				v.convert(recs[lo:hi], snaps[lo:hi])
+			}()
+		}
+		wg.Wait()
+	}
+	if v.flags == 0 {
+		return snaps // keep keeps every snapshot
+	}
+	var out []*DomainSnapshot
+	for _, s := range snaps {
+		if s != nil {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+// convert sets snaps[i] to the snapshot of recs[i], or nil when the flags
+// leave it out.
+func (v *listView) convert(recs []*store.Record, snaps []*DomainSnapshot) {
+	for i, r := range recs {
+		s := fromRecord(r)
+		s.Current = s.Name == v.current
+		if v.qemuOK && !s.HasProblem(ProblemInProgress) {
+			checkAgainstQEMU(s, v.disks)
+		}
+		if s.Parent != "" && v.tree.Record(s.Parent) == nil {
+			if v.unreadable[s.Parent] {
+				s.addProblem(ProblemParentUnreadable, "", fmt.Sprintf("the record of parent %q cannot be read", s.Parent))
+			} else {
+				s.addProblem(ProblemParentMissing, "", fmt.Sprintf("parent %q has no record", s.Parent))
+			}
+		}
+		if keep(s, v.flags, v.tree) {
+			snaps[i] = s
+		}
+	}
+}
