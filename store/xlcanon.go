@@ -234,22 +234,28 @@ func (c *canonParser) quoted() (a, b int, esc bool) {
 	// backslash or newline before it. The general scanner checks the
 	// others.
 	a = p.pos + 1
-	for i := a; i < len(p.data); i++ {
-		switch p.data[i] {
-		case '"':
-			p.pos = i + 1
-			return a, i, false
-		case '\\', '\n':
-			a, b, esc, err := p.scanQuoted('"')
-			if err != nil {
-				c.ok = false
-			}
-			return a, b, esc
-		}
+	i := a
+	for i < len(p.data) && !quoteStop[p.data[i]] {
+		i++
 	}
-	c.ok = false
-	return 0, 0, false
+	if i < len(p.data) && p.data[i] == '"' {
+		p.pos = i + 1
+		return a, i, false
+	}
+	if i == len(p.data) {
+		c.ok = false
+		return 0, 0, false
+	}
+	a, b, esc, err := p.scanQuoted('"')
+	if err != nil {
+		c.ok = false
+	}
+	return a, b, esc
 }
+
+// quoteStop marks the bytes that end the plain part of a double-quoted
+// string: the closing quote, an escape, a newline (an error).
+var quoteStop = [256]bool{'"': true, '\\': true, '\n': true}
 
 // decoded reads a double-quoted string and appends its decoded text to
 // c.text.
