@@ -201,14 +201,14 @@ func (d *Domain) list(ctx context.Context, op *Op[*Listing], flags ListFlags) (*
 			unreadable[u.Name] = true
 		}
 	}
-	tree := store.BuildTree(recs)
 	wg.Wait()
 	if curErr != nil {
 		return nil, curErr
 	}
 	l.Current = current
-	l.Snapshots = listSnapshots(recs, listView{current: current, disks: disks, qemuOK: qemuErr == nil,
-		tree: tree, unreadable: unreadable, flags: flags})
+	var tree *store.Tree
+	l.Snapshots, tree = listSnapshots(recs, listView{current: current, disks: disks, qemuOK: qemuErr == nil,
+		unreadable: unreadable, flags: flags})
 	if qemuErr != nil {
 		return l, fmt.Errorf("the disks could not be checked: %w", qemuErr)
 	}

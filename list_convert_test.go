@@ -42,17 +42,18 @@ func TestListSnapshotsParallel(t *testing.T) {
 	}
 	disks := []Disk{{Device: "dev0", Node: "disk0", File: "/a.qcow2", Snapshots: []DiskSnapshot{{Name: "s0003"}, {Name: "s0100"}}}}
 	for _, flags := range []ListFlags{0, ListLeaves, ListRoots, ListCurrent} {
-		v := listView{current: "s0100", disks: disks, qemuOK: true, tree: store.BuildTree(recs),
-			unreadable: map[string]bool{"bad": true}, flags: flags}
+		v := listView{current: "s0100", disks: disks, qemuOK: true, unreadable: map[string]bool{"bad": true}, flags: flags}
+		got, _ := listSnapshots(recs, v)
+		v.tree = store.BuildTree(recs)
 		seq := make([]*DomainSnapshot, len(recs))
 		v.convert(recs, seq)
+		v.place(seq)
 		var want []*DomainSnapshot
 		for _, s := range seq {
 			if s != nil {
 				want = append(want, s)
 			}
 		}
-		got := listSnapshots(recs, v)
 		if d := cmp.Diff(want, got, cmp.AllowUnexported(DomainSnapshot{}), cmpopts.EquateEmpty()); d != "" {
 			t.Errorf("flags %v: parallel conversion differs (-sequential +parallel):\n%s", flags, d)
 		}
