@@ -17,14 +17,20 @@ const (
 //	<root>/<domain-uuid>/snapshotdata-<n>.xl   one record per snapshot, 0600
 //	<root>/<domain-uuid>/current.xl            current = "<name>", 0600
 //	<root>/<domain-uuid>/.lock                 the domain's flock(2) lock
+//	<root>/<domain-uuid>/.spare-*              empty files the next writes fill
 //
 // <n> is the snapshot name escaped by RecordFileName. Writes go to a
-// ".tmp-*" file in the same directory, which is fsynced, renamed over the
+// ".tmp-*" file in the same directory (or to a ".spare-*" file that the
+// holder of the domain's lock created ahead of time, so that a write does
+// not wait for a file's creation), which is fsynced, renamed over the
 // record and followed by an fsync of the directory, so a reader or a crash
-// sees the old or the new record. Temporary files left by a crash are
-// ignored by List and removed by the next Lock of the domain (a Put made
-// at that moment without holding the lock fails cleanly: its rename finds
-// no temporary file). Readers (Get, List, Current) take no lock.
+// sees the old or the new record. At most three spares stay between
+// operations; the next Lock adopts the empty ones this user owns and
+// removes anything else under that prefix. Temporary files left by a
+// crash are ignored by List and removed by the next Lock of the domain (a
+// Put made at that moment without holding the lock fails cleanly: its
+// rename finds no temporary file). Readers (Get, List, Current) take no
+// lock.
 //
 // The store refuses to trust anything a different user could have planted
 // or changed: a root or domain directory, record, current.xl or .lock that
@@ -49,9 +55,10 @@ const (
 // FileStore is safe for concurrent use; several FileStores and several
 // processes may share a root.
 type FileStore struct {
-	root  string
-	mu    sync.Mutex
-	locks map[string]*domainLock
+	root   string
+	mu     sync.Mutex
+	locks  map[string]*domainLock
+	spares map[string]*sparePool // per domain, while this store holds its lock
 }
 
 type domainLock struct {
@@ -74,4 +81,17 @@ func (s *FileStore) Dir(domain string) (string, error) {
 		return "", err
 	}
 	return filepath.Join(s.root, domain), nil
+}
+
+// spare is an empty file in a domain's directory, open for writing.
+type spare struct {
+	name string
+	fd   int
+}
+
+// sparePool is the spares of one hold of a domain's lock (a new pool
+// for each hold).
+type sparePool struct {
+	files  []spare
+	filled chan struct{} // closed when the goroutine creating spares ends
 }

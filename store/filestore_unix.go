@@ -11,7 +11,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -53,7 +52,8 @@ func NewFileStore(root string) (*FileStore, error) {
 // Lock implements Store with flock(2) on <domain dir>/.lock, polled with a
 // short backoff (1 to 16 ms) so that ctx is honoured, behind an in-process
 // queue per domain. Once held, it removes temporary files that an earlier
-// crash left behind.
+// crash left behind and starts keeping spare files for the writes (see
+// FileStore).
 func (s *FileStore) Lock(ctx context.Context, domain string) (func() error, error) {
 	if err := ValidateDomain(domain); err != nil {
 		return nil, err
@@ -119,13 +119,14 @@ func (s *FileStore) Lock(ctx context.Context, domain string) (func() error, erro
 			delay *= 2
 		}
 	}
-	removeTemps(dirfd, dir)
+	s.startSpares(domain, dirfd, dir)
 	var (
 		once sync.Once
 		uerr error
 	)
 	return func() error {
 		once.Do(func() {
+			s.stopSpares(domain)
 			// Closing the only descriptor of the open file releases the lock.
 			if err := unix.Close(fd); err != nil {
 				uerr = fmt.Errorf("store: domain %s: unlock %s: %w", domain, lockPath, err)
@@ -177,7 +178,7 @@ func (s *FileStore) Put(ctx context.Context, domain string, r *Record) error {
 		return err
 	}
 	defer unix.Close(dirfd)
-	if err := writeAtomic(dirfd, dir, RecordFileName(r.Name), data); err != nil {
+	if err := s.writeAtomic(domain, dirfd, dir, RecordFileName(r.Name), data); err != nil {
 		return fmt.Errorf("store: domain %s: snapshot %q: %w", domain, r.Name, err)
 	}
 	return nil
@@ -327,7 +328,7 @@ func (s *FileStore) SetCurrent(ctx context.Context, domain, name string) error {
 	} else if !exists {
 		return notFound
 	}
-	if err := writeAtomic(dirfd, dir, currentFileName, marshalCurrent(name)); err != nil {
+	if err := s.writeAtomic(domain, dirfd, dir, currentFileName, marshalCurrent(name)); err != nil {
 		return fmt.Errorf("store: domain %s: making snapshot %q current: %w", domain, name, err)
 	}
 	return nil
@@ -379,9 +380,9 @@ func (s *FileStore) Commit(ctx context.Context, domain string, r *Record, makeCu
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		curTmp, curErr = writeTemp(dirfd, dir, currentFileName, marshalCurrent(r.Name))
+		curTmp, curErr = s.writeTemp(domain, dirfd, dir, currentFileName, marshalCurrent(r.Name))
 	}()
-	recTmp, err := writeTemp(dirfd, dir, fn, data)
+	recTmp, err := s.writeTemp(domain, dirfd, dir, fn, data)
 	wg.Wait()
 	if err != nil || curErr != nil {
 		if recTmp != "" {
@@ -614,22 +615,6 @@ func readCurrent(dirfd int, dir string, euid int) (string, error) {
 	return name, nil
 }
 
-// writeAtomic replaces name in dirfd with data: temporary file, fsync,
-// rename, fsync of the directory.
-func writeAtomic(dirfd int, dir, name string, data []byte) error {
-	tmp, err := writeTemp(dirfd, dir, name, data)
-	if err != nil {
-		return err
-	}
-	if err := renameAt(dirfd, dir, tmp, name); err != nil {
-		return err
-	}
-	if err := unix.Fsync(dirfd); err != nil {
-		return &os.PathError{Op: "fsync", Path: dir, Err: err}
-	}
-	return nil
-}
-
 // writeTemp writes data to a new temporary file for name in dirfd, fsyncs
 // and closes it, and returns its name. On error nothing is left behind.
 func writeTemp(dirfd int, dir, name string, data []byte) (string, error) {
@@ -689,21 +674,6 @@ func readDirNames(dirfd int, dir string) ([]string, error) {
 	f := os.NewFile(uintptr(fd), dir)
 	defer f.Close()
 	return f.Readdirnames(-1)
-}
-
-// removeTemps removes temporary files left by an interrupted write. It is
-// called with the domain's lock held, so no writer that follows the
-// locking rule is using them.
-func removeTemps(dirfd int, dir string) {
-	names, err := readDirNames(dirfd, dir)
-	if err != nil {
-		return
-	}
-	for _, n := range names {
-		if strings.HasPrefix(n, tempPrefix) {
-			unix.Unlinkat(dirfd, n, 0)
-		}
-	}
 }
 
 // existsAt reports whether a directory entry called name exists (without
