@@ -20,9 +20,9 @@ const (
 //	<root>/<domain-uuid>/.spare-*              empty files the next writes fill
 //
 // <n> is the snapshot name escaped by RecordFileName. Writes go to a
-// ".tmp-*" file in the same directory (or to a ".spare-*" file that the
-// holder of the domain's lock created ahead of time, so that a write does
-// not wait for a file's creation), which is fsynced, renamed over the
+// ".tmp-*" file in the same directory (or, under the domain's lock, to a
+// ".spare-*" file created ahead of time, so that a write does not wait
+// for a file's creation), which is fsynced, renamed over the
 // record and followed by an fsync of the directory, so a reader or a crash
 // sees the old or the new record. At most three spares stay between
 // operations; the next Lock adopts the empty ones this user owns and
@@ -92,6 +92,8 @@ type spare struct {
 // sparePool is the spares of one hold of a domain's lock (a new pool
 // for each hold).
 type sparePool struct {
-	files  []spare
-	filled chan struct{} // closed when the goroutine creating spares ends
+	files []spare
+	// filled is nil until the hold's first write starts the goroutine
+	// that creates spares, and closed when that goroutine ends.
+	filled chan struct{}
 }

@@ -16,14 +16,23 @@ import (
 )
 
 // TestListBatches lists enough records for several batches per reader,
-// some of them too large for a reader's buffer and some damaged, and
-// checks that List returns what Get returns for each record, in order,
-// and one error per damaged file, in directory order.
+// and few enough for one batch read without the readers, some of them
+// too large for a reader's buffer and some damaged, and checks that List
+// returns what Get returns for each record, in order, and one error per
+// damaged file, in directory order.
 func TestListBatches(t *testing.T) {
+	for _, tc := range []struct {
+		n       int
+		damaged []int
+	}{{700, []int{3, 333, 600}}, {5, []int{3}}} {
+		t.Run(fmt.Sprint(tc.n), func(t *testing.T) { testListBatches(t, tc.n, tc.damaged) })
+	}
+}
+
+func testListBatches(t *testing.T, n int, damagedAt []int) {
 	s, root := newFileStore(t)
 	ctx := context.Background()
 	dir := filepath.Join(root, dom)
-	const n = 700
 	var want []string
 	for i := 0; i < n; i++ {
 		r := storetest.Sample(fmt.Sprintf("snap-%04d", i), t0.Add(time.Duration(n-i)*time.Second))
@@ -38,7 +47,7 @@ func TestListBatches(t *testing.T) {
 		want = append([]string{r.Name}, want...) // newest first in time: listed last
 	}
 	damaged := map[string]bool{}
-	for _, i := range []int{3, 333, 600} {
+	for _, i := range damagedAt {
 		name := fmt.Sprintf("snap-%04d", i)
 		if err := os.WriteFile(filepath.Join(dir, store.RecordFileName(name)), []byte("name = \"other\"\n"), 0o600); err != nil {
 			t.Fatal(err)

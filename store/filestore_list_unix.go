@@ -98,26 +98,52 @@ func listDir(ctx context.Context, domain string, dirfd int, dir string) ([]*Reco
 	}
 	defer unix.Close(fd)
 	results := make([]listed, runtime.GOMAXPROCS(0))
-	batches := make(chan listBatch, 2*len(results))
 	euid := os.Geteuid()
-	var wg sync.WaitGroup
-	for i := range results {
-		wg.Add(1)
-		go func(res *listed) {
-			defer wg.Done()
-			lr := listReader{domain: domain, dir: dir, dirfd: dirfd, euid: euid, res: res}
-			for b := range batches {
-				if ctx.Err() != nil {
-					continue // drain: the directory reader stops soon
-				}
-				lr.batch(b)
-			}
-			slices.SortFunc(res.keys, compareKeys)
-		}(&results[i])
+	reader := func(res *listed) listReader {
+		return listReader{domain: domain, dir: dir, dirfd: dirfd, euid: euid, res: res}
 	}
-	err = readRecordNames(ctx, fd, dir, batches)
-	close(batches)
-	wg.Wait()
+	// The readers start with the second batch: a directory of one batch
+	// (most domains, and every operation's reconcile) is read on this
+	// goroutine, without their start-up cost.
+	var (
+		wg      sync.WaitGroup
+		batches chan listBatch
+		first   *listBatch
+	)
+	emit := func(b listBatch) {
+		if batches == nil {
+			if first == nil {
+				first = &b
+				return
+			}
+			batches = make(chan listBatch, 2*len(results))
+			for i := range results {
+				wg.Add(1)
+				go func(res *listed) {
+					defer wg.Done()
+					lr := reader(res)
+					for b := range batches {
+						if ctx.Err() != nil {
+							continue // drain: the directory reader stops soon
+						}
+						lr.batch(b)
+					}
+					slices.SortFunc(res.keys, compareKeys)
+				}(&results[i])
+			}
+			batches <- *first
+		}
+		batches <- b
+	}
+	err = readRecordNames(ctx, fd, dir, emit)
+	if batches != nil {
+		close(batches)
+		wg.Wait()
+	} else if first != nil && err == nil && ctx.Err() == nil {
+		lr := reader(&results[0])
+		lr.batch(*first)
+		slices.SortFunc(results[0].keys, compareKeys)
+	}
 	if err != nil {
 		return nil, nil, fmt.Errorf("store: domain %s: %w", domain, err)
 	}
@@ -160,9 +186,11 @@ type readFile struct {
 }
 
 const (
-	// listBufSize is the initial size of a listReader's buffer: a batch of
-	// records of a few hundred bytes each.
+	// listBufSize is the largest initial size of a listReader's buffer: a
+	// batch of records of a few hundred bytes each.
 	listBufSize = 128 << 10
+	// listBytesPerRecord sizes a smaller first batch's buffer.
+	listBytesPerRecord = 2 << 10
 	// maxListBufSize bounds it.
 	maxListBufSize = 4 << 20
 )
@@ -170,7 +198,9 @@ const (
 // batch reads and parses the record files of b.
 func (lr *listReader) batch(b listBatch) {
 	if lr.buf == nil {
-		lr.buf = make([]byte, 0, listBufSize)
+		// Sized for the batch: a small domain's listing (every
+		// operation's reconcile) does not pay for a large buffer.
+		lr.buf = make([]byte, 0, min(listBufSize, len(b.names)*listBytesPerRecord))
 	}
 	lr.buf = lr.buf[:0]
 	lr.files = lr.files[:0]
@@ -209,14 +239,14 @@ func (lr *listReader) batch(b listBatch) {
 	clear(lr.files) // drop the files that had memory of their own
 }
 
-// readRecordNames reads the directory fd in large chunks and sends the
-// names of its record files, in directory order, in batches of at most
+// readRecordNames reads the directory fd in large chunks and gives emit
+// the names of its record files, in directory order, in batches of at most
 // listBatchSize. It stops early, without an error, when ctx is done.
 //
 // The names of a batch are carved from a few larger blocks, each name
 // followed by a NUL byte (so that openTerminated passes it to the kernel
 // as it is), and never written again once sent.
-func readRecordNames(ctx context.Context, fd int, dir string, batches chan<- listBatch) error {
+func readRecordNames(ctx context.Context, fd int, dir string, emit func(listBatch)) error {
 	buf := make([]byte, 32<<10)
 	var (
 		block []byte
@@ -236,7 +266,7 @@ func readRecordNames(ctx context.Context, fd int, dir string, batches chan<- lis
 			batch = make([]string, 0, listBatchSize)
 		}
 		if batch = append(batch, unsafe.String(&block[start], len(name))); len(batch) == listBatchSize {
-			batches <- listBatch{index: index, names: batch}
+			emit(listBatch{index: index, names: batch})
 			index += len(batch)
 			batch = nil
 		}
@@ -255,7 +285,7 @@ func readRecordNames(ctx context.Context, fd int, dir string, batches chan<- lis
 		direntNames(buf[:n], each)
 	}
 	if len(batch) > 0 {
-		batches <- listBatch{index: index, names: batch}
+		emit(listBatch{index: index, names: batch})
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/vmsnap/vmsnap/store"
 	"github.com/vmsnap/vmsnap/store/storetest"
@@ -29,41 +30,83 @@ func spareNames(t *testing.T, dir string) []string {
 	return out
 }
 
+// inode returns path's inode number.
+func inode(t *testing.T, path string) uint64 {
+	t.Helper()
+	fi, err := os.Lstat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Sys().(*syscall.Stat_t).Ino
+}
+
+// checkSpares fails unless dir holds at most three spares, each an empty
+// 0600 regular file.
+func checkSpares(t *testing.T, dir string) {
+	t.Helper()
+	names := spareNames(t, dir)
+	if len(names) > 3 {
+		t.Errorf("%d spares: %v, want at most 3", len(names), names)
+	}
+	for _, n := range names {
+		fi, err := os.Lstat(filepath.Join(dir, n))
+		if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o600 || fi.Size() != 0 {
+			t.Errorf("spare %s: %v, %v; want an empty 0600 file", n, fi.Mode(), err)
+		}
+	}
+}
+
 // TestFileStoreSparesUsed checks that the writes of a lock hold fill the
-// spares the Lock made (the records come out whole), that writes beyond
-// them create their own temporary files, and that the next Lock adopts
-// what is left and makes up the rest.
+// spares an earlier holder left (the records come out whole, in the
+// spares' own inodes), that writes beyond them create their own
+// temporary files, that the first write starts making spares up, and that
+// nothing but empty spares is left.
 func TestFileStoreSparesUsed(t *testing.T) {
 	s, root := newFileStore(t)
 	ctx := context.Background()
 	dir := filepath.Join(root, dom)
+	put(t, s, storetest.Sample("zero", t0)) // creates the directory
+	if got := spareNames(t, dir); len(got) != 0 {
+		t.Fatalf("a Put without the lock made spares: %v", got)
+	}
+	// Three spares as an earlier holder leaves them.
+	left := map[uint64]string{}
+	for _, n := range []string{".spare-a", ".spare-b", ".spare-c"} {
+		must(t, os.WriteFile(filepath.Join(dir, n), nil, 0o600))
+		left[inode(t, filepath.Join(dir, n))] = n
+	}
 	unlock, err := s.Lock(ctx, dom)
 	must(t, err)
-	unlock()
-	made := spareNames(t, dir)
-	if len(made) != 3 {
-		t.Fatalf("spares after the first Lock: %v, want 3", made)
-	}
-
-	unlock, err = s.Lock(ctx, dom)
-	must(t, err)
-	if got := spareNames(t, dir); len(got) != 3 || strings.Join(got, ",") != strings.Join(made, ",") {
-		t.Fatalf("the second Lock did not adopt the spares: %v, had %v", got, made)
-	}
 	var want []*store.Record
+	used := map[string]bool{}
 	for _, n := range []string{"one", "two"} {
 		r := storetest.Sample(n, t0)
 		put(t, s, r)
 		want = append(want, r)
+		if sp, ok := left[inode(t, filepath.Join(dir, store.RecordFileName(n)))]; ok {
+			used[sp] = true
+		}
 	}
-	// The Commit's two files take the last spare and a temporary file.
+	// The Commit's two files take the rest.
 	r := storetest.Sample("three", t0)
 	must(t, s.Commit(ctx, dom, r, true))
 	want = append(want, r)
-	if got := spareNames(t, dir); len(got) != 0 {
-		t.Errorf("spares after three records and a current: %v, want none", got)
+	for _, f := range []string{store.RecordFileName("three"), "current.xl"} {
+		if sp, ok := left[inode(t, filepath.Join(dir, f))]; ok {
+			used[sp] = true
+		}
+	}
+	if len(used) != 3 {
+		t.Errorf("the writes filled the spares %v, want all three of %v", used, left)
+	}
+	// More writes than spares: the others create temporary files.
+	for _, n := range []string{"four", "five", "six", "seven"} {
+		r := storetest.Sample(n, t0)
+		put(t, s, r)
+		want = append(want, r)
 	}
 	unlock()
+	checkSpares(t, dir)
 	for _, w := range want {
 		got, err := s.Get(ctx, dom, w.Name)
 		if err != nil {
@@ -76,13 +119,19 @@ func TestFileStoreSparesUsed(t *testing.T) {
 	if cur, err := s.Current(ctx, dom); err != nil || cur != "three" {
 		t.Errorf("Current = %q, %v; want three", cur, err)
 	}
-
+	// A hold whose writes took long enough leaves three spares for the
+	// next one.
 	unlock, err = s.Lock(ctx, dom)
 	must(t, err)
+	put(t, s, storetest.Sample("eight", t0))
+	for i := 0; i < 500 && len(spareNames(t, dir)) < 3; i++ {
+		time.Sleep(10 * time.Millisecond)
+	}
 	unlock()
 	if got := spareNames(t, dir); len(got) != 3 {
-		t.Errorf("spares after the third Lock: %v, want 3", got)
+		t.Errorf("spares after a write and a wait: %v, want 3", got)
 	}
+	checkSpares(t, dir)
 }
 
 // TestFileStoreHostileSpares plants files under the spare prefix that the

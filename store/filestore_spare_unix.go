@@ -15,15 +15,17 @@ import (
 // Spare files take the creation of a file off a write's path. Creating a
 // file costs about as much as flushing one on a journaling filesystem
 // (half a millisecond here, of the one and a half a record's durable
-// write takes), so while a FileStore holds a domain's lock it keeps up to
-// maxSpares empty files in the domain's directory, created in the
-// background when the lock is taken, and a write fills one, fsyncs it and
-// renames it over the record instead of creating a temporary file. They
-// stay when the lock is released (their descriptors are closed) and the
-// next holder, in this process or another, adopts them: an empty regular
-// file of this user, mode 0600 at most, with no other link. Anything else
-// under the spare prefix is removed, like the temporary files of an
-// interrupted write.
+// write takes), so a FileStore keeps up to maxSpares empty files in a
+// domain's directory, and a write made while it holds the domain's lock
+// fills one, fsyncs it and renames it over the record instead of creating
+// a temporary file. The first write of a hold of the lock starts a
+// goroutine that makes up the missing spares, for the hold's next writes
+// and the next holder's, while the holder goes on (an engine waits for
+// QEMU then). When the lock is released their descriptors are closed and
+// the files stay; the next holder, in this process or another, adopts
+// them when it takes the lock: an empty regular file of this user, mode
+// 0600 at most, with no other link. Anything else under the spare prefix
+// is removed, like the temporary files of an interrupted write.
 
 const (
 	sparePrefix = ".spare-"
@@ -31,10 +33,10 @@ const (
 )
 
 // startSpares is called by Lock once the domain's lock is held: it
-// removes the temporary files an interrupted write left, adopts the
+// removes the temporary files an interrupted write left, and adopts the
 // spares an earlier holder left (removing the ones that are not exactly
-// what this store creates), and creates the missing ones in the
-// background while the holder starts its work.
+// what this store creates). It creates none: creating them now would
+// compete with the holder's first steps.
 func (s *FileStore) startSpares(domain string, dirfd int, dir string) {
 	names, err := readDirNames(dirfd, dir)
 	if err != nil {
@@ -60,10 +62,8 @@ func (s *FileStore) startSpares(domain string, dirfd int, dir string) {
 	if s.spares == nil {
 		s.spares = map[string]*sparePool{}
 	}
-	p := &sparePool{files: adopted, filled: make(chan struct{})}
-	s.spares[domain] = p
+	s.spares[domain] = &sparePool{files: adopted}
 	s.mu.Unlock()
-	s.fillSpares(domain, p)
 }
 
 // adoptSpare opens the spare file name for writing if it is one this
@@ -84,9 +84,9 @@ func adoptSpare(dirfd int, name string, euid int) (int, bool) {
 }
 
 // stopSpares ends the hold of the domain's lock: it waits for the
-// goroutine creating spares (it has long finished unless the hold was
-// very short), closes the spares' descriptors and leaves the files for
-// the next holder. Once it returns, nothing of the hold creates a file.
+// goroutine creating spares, if one runs (it stops after the file it is
+// creating), closes the spares' descriptors and leaves the files for the
+// next holder. Once it returns, nothing of the hold creates a file.
 func (s *FileStore) stopSpares(domain string) {
 	s.mu.Lock()
 	p := s.spares[domain]
@@ -95,18 +95,22 @@ func (s *FileStore) stopSpares(domain string) {
 	if p == nil {
 		return
 	}
-	<-p.filled
+	if p.filled != nil {
+		<-p.filled
+	}
 	for _, sp := range p.files {
 		unix.Close(sp.fd)
 	}
 	p.files = nil
 }
 
-// fillSpares creates, in a goroutine, the spares p lacks; p.filled is
-// closed when it ends. Creation errors (a full disk) end it quietly:
+// fillSpares creates, in a goroutine, the spares p lacks, until p holds
+// maxSpares or its hold ends; p.filled is closed when it returns. It is
+// called with s.mu held. Creation errors (a full disk) end it quietly:
 // writes then create their own temporary files, and report the error if
 // that fails too.
 func (s *FileStore) fillSpares(domain string, p *sparePool) {
+	p.filled = make(chan struct{})
 	go func() {
 		defer close(p.filled)
 		dirfd, _, err := s.openDir(domain, false)
@@ -116,9 +120,9 @@ func (s *FileStore) fillSpares(domain string, p *sparePool) {
 		defer unix.Close(dirfd)
 		for {
 			s.mu.Lock()
-			full := len(p.files) >= maxSpares
+			done := len(p.files) >= maxSpares || s.spares[domain] != p
 			s.mu.Unlock()
-			if full {
+			if done {
 				return
 			}
 			sp, err := createSpare(dirfd)
@@ -148,12 +152,19 @@ func createSpare(dirfd int) (spare, error) {
 }
 
 // takeSpare removes a spare from the domain's pool, if the store holds
-// the domain's lock and has one.
+// the domain's lock and has one. The first call of a hold starts making
+// up the missing spares.
 func (s *FileStore) takeSpare(domain string) (spare, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p := s.spares[domain]
-	if p == nil || len(p.files) == 0 {
+	if p == nil {
+		return spare{}, false
+	}
+	if p.filled == nil {
+		defer s.fillSpares(domain, p)
+	}
+	if len(p.files) == 0 {
 		return spare{}, false
 	}
 	sp := p.files[len(p.files)-1]
