@@ -141,7 +141,17 @@ func toRecord(s *DomainSnapshot) *store.Record {
 }
 
 func fromRecord(r *store.Record) *DomainSnapshot {
-	s := &DomainSnapshot{
+	s := new(DomainSnapshot)
+	fillFromRecord(s, r, nil)
+	return s
+}
+
+// fillFromRecord sets s, a zero snapshot, from r. The snapshot's disks are
+// carved from slab when it has room for them (List converts many records
+// with one allocation of disks); each snapshot's slice is capped, so an
+// append to it never reaches its neighbour's.
+func fillFromRecord(s *DomainSnapshot, r *store.Record, slab *[]DiskSnapshot) {
+	*s = DomainSnapshot{
 		Name:         r.Name,
 		Description:  r.Description,
 		CreationTime: r.CreationTime,
@@ -165,7 +175,13 @@ func fromRecord(r *store.Record) *DomainSnapshot {
 			continue
 		}
 		if s.Disks == nil {
-			s.Disks = make([]DiskSnapshot, 0, len(r.Disks))
+			if slab != nil && cap(*slab)-len(*slab) >= len(r.Disks) {
+				at := len(*slab)
+				*slab = (*slab)[:at+len(r.Disks)]
+				s.Disks = (*slab)[at : at : at+len(r.Disks)]
+			} else {
+				s.Disks = make([]DiskSnapshot, 0, len(r.Disks))
+			}
 		}
 		s.Disks = append(s.Disks, DiskSnapshot{
 			Device: dd.Device, Node: dd.Node, File: dd.File, Kind: DiskKind(dd.Kind), ID: dd.ID, Name: dd.Tag,
@@ -179,7 +195,6 @@ func fromRecord(r *store.Record) *DomainSnapshot {
 		s.addProblem(ProblemInProgress, "", what+" is in progress or was interrupted (the next operation on the domain, or Reconcile, settles it)")
 	}
 	s.Labels = userLabels(r.Labels)
-	return s
 }
 
 // SetDescription changes a snapshot's description.

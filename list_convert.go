@@ -72,8 +72,16 @@ func listSnapshots(recs []*store.Record, v listView) ([]*DomainSnapshot, *store.
 // convert sets snaps[i] to the snapshot of recs[i], checked against
 // QEMU's view of the disks.
 func (v *listView) convert(recs []*store.Record, snaps []*DomainSnapshot) {
+	// One allocation for the snapshots and one for their disks.
+	all := make([]DomainSnapshot, len(recs))
+	n := 0
+	for _, r := range recs {
+		n += len(r.Disks)
+	}
+	slab := make([]DiskSnapshot, 0, n)
 	for i, r := range recs {
-		s := fromRecord(r)
+		s := &all[i]
+		fillFromRecord(s, r, &slab)
 		s.Current = s.Name == v.current
 		if v.qemuOK && !s.HasProblem(ProblemInProgress) {
 			checkAgainstQEMU(s, v.disks)
