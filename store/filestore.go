@@ -93,6 +93,9 @@ type spare struct {
 // for each hold).
 type sparePool struct {
 	files []spare
+	// writers counts the writes filling a spare taken from the pool,
+	// until they have renamed it.
+	writers sync.WaitGroup
 	// filled is nil until the hold's first write starts the goroutine
 	// that creates spares, and closed when that goroutine ends.
 	filled chan struct{}

@@ -24,7 +24,7 @@ import (
 // QEMU then). When the lock is released their descriptors are closed and
 // the files stay; the next holder, in this process or another, adopts
 // them when it takes the lock: an empty regular file of this user, mode
-// 0600 at most, with no other link. Anything else under the spare prefix
+// 0600 or less, with no other link. Anything else under the spare prefix
 // is removed, like the temporary files of an interrupted write.
 
 const (
@@ -67,26 +67,38 @@ func (s *FileStore) startSpares(domain string, dirfd int, dir string) {
 }
 
 // adoptSpare opens the spare file name for writing if it is one this
-// store would have created: a regular file of euid, not readable or
-// writable by group or others, empty, with one link.
+// store would have created: a regular file of euid, mode 0600 or less
+// (no execute, set-id or sticky bit, nothing for group or others), empty,
+// with one link. It looks before it opens, so that nothing but a regular
+// file is ever opened (a device's open can have effects), and checks the
+// opened file again.
 func adoptSpare(dirfd int, name string, euid int) (int, bool) {
-	fd, err := openat(dirfd, name, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
+	ok := func(st *unix.Stat_t) bool {
+		return st.Mode&unix.S_IFMT == unix.S_IFREG && st.Mode&0o7177 == 0 &&
+			int64(st.Uid) == int64(euid) && st.Size == 0 && st.Nlink == 1
+	}
+	var before unix.Stat_t
+	if unix.Fstatat(dirfd, name, &before, unix.AT_SYMLINK_NOFOLLOW) != nil || !ok(&before) {
+		return -1, false
+	}
+	fd, err := openat(dirfd, name, unix.O_RDWR|unix.O_NOFOLLOW|unix.O_NOCTTY|unix.O_CLOEXEC|unix.O_NONBLOCK, 0)
 	if err != nil {
 		return -1, false
 	}
 	var st unix.Stat_t
-	if unix.Fstat(fd, &st) != nil || st.Mode&unix.S_IFMT != unix.S_IFREG || st.Mode&0o077 != 0 ||
-		int64(st.Uid) != int64(euid) || st.Size != 0 || st.Nlink != 1 {
+	if unix.Fstat(fd, &st) != nil || !ok(&st) || st.Ino != before.Ino || st.Dev != before.Dev {
 		unix.Close(fd)
 		return -1, false
 	}
 	return fd, true
 }
 
-// stopSpares ends the hold of the domain's lock: it waits for the
+// stopSpares ends the hold of the domain's lock: it waits for the writes
+// that took a spare to rename it (a write racing the unlock), and for the
 // goroutine creating spares, if one runs (it stops after the file it is
 // creating), closes the spares' descriptors and leaves the files for the
-// next holder. Once it returns, nothing of the hold creates a file.
+// next holder. Once it returns, nothing of the hold creates, fills or
+// renames a spare.
 func (s *FileStore) stopSpares(domain string) {
 	s.mu.Lock()
 	p := s.spares[domain]
@@ -95,6 +107,7 @@ func (s *FileStore) stopSpares(domain string) {
 	if p == nil {
 		return
 	}
+	p.writers.Wait()
 	if p.filled != nil {
 		<-p.filled
 	}
@@ -152,35 +165,42 @@ func createSpare(dirfd int) (spare, error) {
 }
 
 // takeSpare removes a spare from the domain's pool, if the store holds
-// the domain's lock and has one. The first call of a hold starts making
-// up the missing spares.
-func (s *FileStore) takeSpare(domain string) (spare, bool) {
+// the domain's lock and has one, and counts its writer in the pool (see
+// writeTemp). The first call of a hold starts making up the missing
+// spares.
+func (s *FileStore) takeSpare(domain string) (spare, *sparePool, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	p := s.spares[domain]
 	if p == nil {
-		return spare{}, false
+		return spare{}, nil, false
 	}
 	if p.filled == nil {
 		defer s.fillSpares(domain, p)
 	}
 	if len(p.files) == 0 {
-		return spare{}, false
+		return spare{}, nil, false
 	}
 	sp := p.files[len(p.files)-1]
 	p.files = p.files[:len(p.files)-1]
-	return sp, true
+	p.writers.Add(1)
+	return sp, p, true
 }
 
 // writeTemp is the package's writeTemp with a spare when the domain has
 // one: data is written to the spare, which is fsynced and closed, and its
-// name returned for the rename. On error nothing is left behind.
-func (s *FileStore) writeTemp(domain string, dirfd int, dir, name string, data []byte) (string, error) {
-	sp, ok := s.takeSpare(domain)
+// name returned for the rename. done must be called once the caller has
+// renamed it (or given up): until then the hold of the lock does not end,
+// so that no other holder adopts the spare while it is being filled and
+// renamed. On error nothing is left behind (done must still be called).
+func (s *FileStore) writeTemp(domain string, dirfd int, dir, name string, data []byte) (tmp string, done func(), err error) {
+	sp, p, ok := s.takeSpare(domain)
 	if !ok {
-		return writeTemp(dirfd, dir, name, data)
+		tmp, err := writeTemp(dirfd, dir, name, data)
+		return tmp, func() {}, err
 	}
-	err := writeFull(sp.fd, data)
+	done = p.writers.Done
+	err = writeFull(sp.fd, data)
 	op := "write"
 	if err == nil {
 		op, err = "fsync", unix.Fsync(sp.fd)
@@ -190,16 +210,17 @@ func (s *FileStore) writeTemp(domain string, dirfd int, dir, name string, data [
 	}
 	if err != nil {
 		unix.Unlinkat(dirfd, sp.name, 0)
-		return "", &os.PathError{Op: op, Path: dir + "/" + sp.name, Err: err}
+		return "", done, &os.PathError{Op: op, Path: dir + "/" + sp.name, Err: err}
 	}
-	return sp.name, nil
+	return sp.name, done, nil
 }
 
 // writeAtomic replaces name in dirfd with data: a temporary or spare file
 // (s.writeTemp), fsynced, renamed over name, and an fsync of the
 // directory.
 func (s *FileStore) writeAtomic(domain string, dirfd int, dir, name string, data []byte) error {
-	tmp, err := s.writeTemp(domain, dirfd, dir, name, data)
+	tmp, done, err := s.writeTemp(domain, dirfd, dir, name, data)
+	defer done()
 	if err != nil {
 		return err
 	}

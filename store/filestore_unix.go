@@ -52,8 +52,8 @@ func NewFileStore(root string) (*FileStore, error) {
 // Lock implements Store with flock(2) on <domain dir>/.lock, polled with a
 // short backoff (1 to 16 ms) so that ctx is honoured, behind an in-process
 // queue per domain. Once held, it removes temporary files that an earlier
-// crash left behind and starts keeping spare files for the writes (see
-// FileStore).
+// crash left behind and adopts the spare files an earlier holder left (see
+// FileStore); unlock waits for the writes that filled one.
 func (s *FileStore) Lock(ctx context.Context, domain string) (func() error, error) {
 	if err := ValidateDomain(domain); err != nil {
 		return nil, err
@@ -373,17 +373,21 @@ func (s *FileStore) Commit(ctx context.Context, domain string, r *Record, makeCu
 	defer unix.Close(dirfd)
 	fn := RecordFileName(r.Name)
 	var (
-		curTmp string
-		curErr error
-		wg     sync.WaitGroup
+		curTmp  string
+		curDone func()
+		curErr  error
+		wg      sync.WaitGroup
 	)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		curTmp, curErr = s.writeTemp(domain, dirfd, dir, currentFileName, marshalCurrent(r.Name))
+		curTmp, curDone, curErr = s.writeTemp(domain, dirfd, dir, currentFileName, marshalCurrent(r.Name))
 	}()
-	recTmp, err := s.writeTemp(domain, dirfd, dir, fn, data)
+	recTmp, recDone, err := s.writeTemp(domain, dirfd, dir, fn, data)
 	wg.Wait()
+	// The spares' writes end with this function (after the renames).
+	defer recDone()
+	defer curDone()
 	if err != nil || curErr != nil {
 		if recTmp != "" {
 			unix.Unlinkat(dirfd, recTmp, 0)

@@ -148,9 +148,11 @@ type Job struct {
 	// sent; its error stops RunJob (the job is left ready in QEMU).
 	BeforeComplete func() error
 	// Concluded, if not nil, is called once when RunJob learns that the
-	// job concluded, before it sends query-jobs: a caller's own queries
-	// started from it are pipelined with RunJob's last commands and see
-	// QEMU as the job left it, whether the job succeeded or not.
+	// job concluded (from its event, or from a poll of query-jobs), before
+	// RunJob sends the query-jobs whose answer it returns and job-dismiss:
+	// a caller's own queries started from it are pipelined with RunJob's
+	// last commands and see QEMU as the job left it, whether the job
+	// succeeded or not.
 	Concluded func()
 	// Keep leaves a successful job concluded in QEMU, undismissed, as
 	// evidence for reconciliation until the caller has recorded its
