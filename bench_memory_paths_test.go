@@ -261,6 +261,21 @@ func (p memRawPath) rawLoad(b *testing.B, vm *qemutest.VM, path string) time.Dur
 	return time.Since(began)
 }
 
+// memLoadArgs start the QEMU a load goes to: waiting for the incoming
+// migration, its guest RAM allocated and touched at start (-mem-prealloc),
+// outside the timed load. On this project's test machine (a VM whose
+// kernel reports free pages to its host) the first touch of 1 GiB costs
+// from 0.1 to 3 s depending on whether the host still backs the pages the
+// kernel hands out, which depends on what ran in the seconds before: with
+// lazily allocated RAM a mapped-ram load measured 0.29 to 0.36 s when it
+// followed a buffered file-stream load and 0.4 to 1.05 s when it followed
+// the library's stream load, whoever loaded it, so a fixed order of
+// mechanisms biased their ratio by 2 to 4 times. Every mechanism fills the
+// same RAM, so the touch is the same cost for all and is left out; a load
+// that also fills the page cache (QEMU's buffered file-stream) still pays
+// for those pages.
+var memLoadArgs = []string{"-incoming", "defer", "-mem-prealloc"}
+
 // memCont runs the loaded guest again.
 func memCont(b *testing.B, vm *qemutest.VM) {
 	b.Helper()
@@ -276,8 +291,9 @@ func memCont(b *testing.B, vm *qemutest.VM) {
 // with iflag=direct) in the same directory, each iteration doing all of
 // them, the library first on even iterations and last on odd ones (so
 // neither side always follows the other's relaunch or writeback). Every
-// load goes to a freshly relaunched QEMU and reads a file that was synced
-// and whose pages were dropped from the page cache.
+// load goes to a freshly relaunched QEMU whose guest RAM is already
+// allocated (memLoadArgs) and reads a file that was synced and whose pages
+// were dropped from the page cache.
 //
 // Metrics per format, each the median over iterations of a per-iteration
 // ratio (the mean of the same ratios is logged): lib/raw-best (the
@@ -286,10 +302,11 @@ func memCont(b *testing.B, vm *qemutest.VM) {
 // library's, ≥ 0.7 is the goal).
 //
 // On a VM whose kernel reports free pages to its host (this project's test
-// machine) loads of the same file vary 0.4 to 3.5 s from one iteration to
-// the next, on every path: QEMU's own CPU time during the load grows tenfold
-// with no page faults of its own and no steal time reported, worst when it
-// reads through the page cache. Use medians over 5 or more iterations.
+// machine) loads into lazily allocated RAM varied 0.3 to 3.5 s from one
+// iteration to the next, on every path, with the order of mechanisms (see
+// memLoadArgs); with the RAM allocated at QEMU's start mapped-ram loads
+// vary within about 20%. Loads that read through the page cache still
+// vary more. Use medians over 5 or more iterations.
 func BenchmarkMemoryPaths(b *testing.B) {
 	qemutest.Require(b)
 	for _, q := range memQEMUs() {
@@ -336,7 +353,7 @@ func benchMemoryPaths(b *testing.B, dataMiB int) {
 			}
 			size[k] = int64(res.Bytes)
 			memDropCache(b, path)
-			vm = vm.Relaunch(b, "-incoming", "defer")
+			vm = vm.Relaunch(b, memLoadArgs...)
 			began = time.Now()
 			if err := migrate.Load(ctx, vm.Mon, path, res.Format, nil); err != nil {
 				b.Fatalf("%v\n%s", err, vm.Output())
@@ -356,7 +373,7 @@ func benchMemoryPaths(b *testing.B, dataMiB int) {
 			}
 			size[p.name] = fi.Size()
 			memDropCache(b, path)
-			vm = vm.Relaunch(b, "-incoming", "defer")
+			vm = vm.Relaunch(b, memLoadArgs...)
 			record(p.name, save, p.rawLoad(b, vm, path))
 			memCont(b, vm)
 			os.Remove(path)
