@@ -19,7 +19,9 @@ import (
 // which keeps QEMU from starting it; the caller decides whether to cont.
 // progress, if not nil, receives the bytes fed and the file's size (for
 // FormatMappedRAM, whose pages QEMU reads in place, only the start and the
-// end).
+// end). The migration capabilities Load switches on (the format's, and
+// "events", whose MIGRATION events tell Load at once that QEMU finished)
+// stay on; Save sets its own.
 //
 // A monitor that cannot pass descriptors, a QEMU that cannot read format
 // (see CanLoad), or a QEMU not waiting for an incoming migration, fails
@@ -35,17 +37,24 @@ func Load(ctx context.Context, mon qmp.Monitor, path string, format Format, prog
 	return nil
 }
 
+// loadPoll is how often Load asks QEMU for the status of the incoming
+// migration (for progress, and for its end where no MIGRATION event comes).
+// The end of a load is seen at once through QEMU's MIGRATION event: with
+// only this poll, a load ended on average loadPoll/2 before Load saw it (25
+// ms of a 0.4 s stream load of 512 MiB on QEMU 10.0, measured).
+const loadPoll = 50 * time.Millisecond
+
 func load(ctx context.Context, mon qmp.Monitor, path string, format Format, progress func(done, total uint64)) (err error) {
 	format, err = ParseFormat(string(format))
 	if err != nil {
 		return fmt.Errorf("%w: %w", sentinel.ErrUnsupported, err)
 	}
 	tr := loadTransport(format)
-	var caps map[string]bool
-	if len(tr.capabilities()) > 0 {
-		if caps, err = queryCapabilities(ctx, mon); err != nil && !qmp.IsClass(err, "CommandNotFound") {
-			return err
-		}
+	// Every load reads the capabilities: the transport's are checked, and
+	// "events" is switched on so the end of the load wakes the wait.
+	caps, err := queryCapabilities(ctx, mon)
+	if err != nil && !qmp.IsClass(err, "CommandNotFound") {
+		return err
 	}
 	if err := tr.check(mon, caps, nil); err != nil {
 		return fmt.Errorf("a memory file in the %s format: %w", format, err)
@@ -71,15 +80,27 @@ func load(ctx context.Context, mon qmp.Monitor, path string, format Format, prog
 	if err := mon.Execute(ctx, "stop", nil, nil); err != nil {
 		return fmt.Errorf("stop: %w", err)
 	}
-	// Capabilities the transport's format needs, at this end too.
-	if need := tr.capabilities(); len(need) > 0 {
-		on := map[string]bool{}
-		for _, c := range need {
-			on[c] = true
-		}
-		if err := setCapabilities(ctx, mon, on); err != nil {
-			return err
-		}
+	// Capabilities the transport's format needs, at this end too, and
+	// "events" where QEMU has it and it is off.
+	on := map[string]bool{}
+	for _, c := range tr.capabilities() {
+		on[c] = true
+	}
+	if cur, ok := caps[capEvents]; ok && !cur {
+		on[capEvents] = true
+	}
+	if err := setCapabilities(ctx, mon, on); err != nil {
+		return err
+	}
+	// MIGRATION events (QEMU sends them at this end too, once "events" is
+	// on) wake the wait as soon as the status changes; without them the
+	// status is polled every loadPoll. Events are read under a context of
+	// their own, ended when Load returns.
+	ectx, stopEvents := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopEvents()
+	events, err := mon.Subscribe(ectx)
+	if err != nil {
+		events = nil
 	}
 
 	ep, err := tr.attachLoad(ctx, mon, f)
@@ -116,7 +137,7 @@ func load(ctx context.Context, mon qmp.Monitor, path string, format Format, prog
 		return fmt.Errorf("migrate-incoming: %w", err)
 	}
 	wctx := context.WithoutCancel(ctx)
-	tick := time.NewTicker(pollInterval / 2)
+	tick := time.NewTicker(loadPoll)
 	defer tick.Stop()
 	for {
 		info, err := queryMigrate(wctx, mon)
@@ -152,6 +173,10 @@ func load(ctx context.Context, mon qmp.Monitor, path string, format Format, prog
 			}
 		}
 		select {
+		case _, ok := <-events:
+			if !ok {
+				events = nil // the monitor closed: the next query says so
+			}
 		case <-tick.C:
 		case <-ctx.Done():
 			// QEMU cannot cancel an incoming migration: end the stream.
