@@ -65,6 +65,13 @@ func feedPipe(w, src *os.File, fed *atomic.Uint64) {
 				return
 			}
 			n, err := readChunk(direct, src, buf, off)
+			if errors.Is(err, errNoDirect) {
+				// Read the rest, from off, through the page cache.
+				_ = direct.Close()
+				direct = nil
+				free <- buf
+				continue
+			}
 			if n > 0 {
 				select {
 				case full <- chunk{buf, n}:
@@ -74,11 +81,6 @@ func feedPipe(w, src *os.File, fed *atomic.Uint64) {
 				off += int64(n)
 			}
 			if err != nil {
-				if errors.Is(err, errUnaligned) {
-					_ = direct.Close()
-					direct = nil
-					continue
-				}
 				return // io.EOF, or a read error: the stream ends here
 			}
 		}
@@ -95,22 +97,28 @@ func feedPipe(w, src *os.File, fed *atomic.Uint64) {
 	<-readDone
 }
 
-// errUnaligned: a direct read would start at an offset O_DIRECT refuses.
-var errUnaligned = errors.New("offset not aligned for O_DIRECT")
+// errNoDirect: the file cannot be read on with O_DIRECT from here (an
+// offset it refuses after a short read, or a file system that takes the
+// open but not the read); nothing was read.
+var errNoDirect = errors.New("no direct read at this offset")
 
 // readChunk reads up to len(buf) bytes of the file at off, from direct
-// when it is not nil and off is aligned, else from buffered. It returns
-// io.EOF at the end of the file.
+// when it is not nil (one read, which may be short), else from buffered.
+// It returns io.EOF at the end of the file, and errNoDirect when the rest
+// must be read from buffered.
 func readChunk(direct, buffered *os.File, buf []byte, off int64) (int, error) {
 	if direct != nil {
 		if off%feedAlign != 0 {
-			return 0, errUnaligned
+			return 0, errNoDirect
 		}
-		n, err := direct.ReadAt(buf, off)
-		if n > 0 && errors.Is(err, io.EOF) {
-			err = nil // the rest, if any, on the next call
+		n, err := preadOnce(direct, buf, off)
+		switch {
+		case err != nil:
+			return 0, errNoDirect
+		case n == 0:
+			return 0, io.EOF
 		}
-		return n, err
+		return n, nil
 	}
 	n, err := buffered.ReadAt(buf, off)
 	if n > 0 && errors.Is(err, io.EOF) {

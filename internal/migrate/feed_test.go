@@ -2,6 +2,7 @@ package migrate
 
 import (
 	"bytes"
+	"errors"
 	"io"
 	"math/rand/v2"
 	"os"
@@ -86,5 +87,43 @@ func TestFeedPipeAbort(t *testing.T) {
 	}
 	if n := fed.Load(); n >= 8*feedChunk {
 		t.Errorf("fed %d bytes into a pipe nobody read", n)
+	}
+}
+
+// TestReadChunkFallsBack: a direct read that fails (here a descriptor
+// that cannot be read, as a file system that takes O_DIRECT's open but
+// not its reads) or would start at an unaligned offset reads nothing and
+// says to go on through the page cache, from the same offset.
+func TestReadChunkFallsBack(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "mem")
+	data := bytes.Repeat([]byte("0123456789abcdef"), 1024)
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	buffered, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { buffered.Close() })
+	unreadable, err := os.OpenFile(path, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unreadable.Close() })
+	buf := alignedBuffer(feedChunk, feedAlign)
+	for _, tc := range []struct {
+		what string
+		off  int64
+	}{{"a failing read", 0}, {"an unaligned offset", 100}} {
+		if n, err := readChunk(unreadable, buffered, buf, tc.off); n != 0 || !errors.Is(err, errNoDirect) {
+			t.Errorf("%s: read %d, %v; want 0 and errNoDirect", tc.what, n, err)
+		}
+		n, err := readChunk(nil, buffered, buf, tc.off)
+		if err != nil || !bytes.Equal(buf[:n], data[tc.off:]) {
+			t.Errorf("%s: the buffered read from %d gave %d bytes, %v", tc.what, tc.off, n, err)
+		}
+	}
+	if n, err := readChunk(nil, buffered, buf, int64(len(data))); n != 0 || !errors.Is(err, io.EOF) {
+		t.Errorf("at the end: %d, %v; want io.EOF", n, err)
 	}
 }
