@@ -181,8 +181,9 @@ func (s *FileStore) takeSpare(domain string) (spare, *sparePool, bool) {
 	if len(p.files) == 0 {
 		return spare{}, nil, false
 	}
-	sp := p.files[len(p.files)-1]
-	p.files = p.files[:len(p.files)-1]
+	// The oldest first: adopted spares before the ones made since.
+	sp := p.files[0]
+	p.files = p.files[1:]
 	p.writers.Add(1)
 	return sp, p, true
 }
