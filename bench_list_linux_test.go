@@ -5,12 +5,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/vmsnap/vmsnap"
 	"github.com/vmsnap/vmsnap/internal/fakeqemu"
+	"github.com/vmsnap/vmsnap/internal/qemutest"
 	"github.com/vmsnap/vmsnap/qmp"
 	"github.com/vmsnap/vmsnap/store"
 )
@@ -108,19 +108,11 @@ func BenchmarkList10000(b *testing.B) {
 // time.
 func benchCPU(b *testing.B, f func()) {
 	b.ReportAllocs()
-	cpu0 := processCPU(b)
+	cpu0 := qemutest.ProcessCPU(b)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		f()
 	}
 	b.StopTimer()
-	b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
-}
-
-func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	b.ReportMetric(float64(qemutest.ProcessCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
 }

@@ -394,15 +394,15 @@ func benchMemoryPaths(b *testing.B, dataMiB int) {
 	// The best raw mechanism for saves and for loads: lowest median.
 	bestSave, bestLoad := raws[0].name, raws[0].name
 	for _, p := range raws {
-		if memMedian(times[p.name].save) < memMedian(times[bestSave].save) {
+		if qemutest.Median(times[p.name].save) < qemutest.Median(times[bestSave].save) {
 			bestSave = p.name
 		}
-		if memMedian(times[p.name].load) < memMedian(times[bestLoad].load) {
+		if qemutest.Median(times[p.name].load) < qemutest.Median(times[bestLoad].load) {
 			bestLoad = p.name
 		}
 	}
-	b.ReportMetric(float64(memMedian(dd.save).Microseconds())/1e3, "dd-write-ms")
-	b.ReportMetric(float64(memMedian(dd.load).Microseconds())/1e3, "dd-read-ms")
+	b.ReportMetric(float64(qemutest.Median(dd.save).Microseconds())/1e3, "dd-write-ms")
+	b.ReportMetric(float64(qemutest.Median(dd.load).Microseconds())/1e3, "dd-read-ms")
 	msg := fmt.Sprintf("QEMU %s, %d MiB of data in 1 GiB, %d CPUs, %d iteration(s); raw best: save %s, load %s", feat.Version, dataMiB, runtime.NumCPU(), n, bestSave, bestLoad)
 	for _, f := range formats {
 		k := "lib-" + string(f)
@@ -430,23 +430,13 @@ func benchMemoryPaths(b *testing.B, dataMiB int) {
 	sort.Strings(names)
 	msg += "\n  ms per iteration (median):"
 	row := func(name string, t memTimes, file string) {
-		msg += fmt.Sprintf("\n  %-16s save %v (%d)  load %v (%d)%s", name, memMillis(t.save), memMedian(t.save).Milliseconds(), memMillis(t.load), memMedian(t.load).Milliseconds(), file)
+		msg += fmt.Sprintf("\n  %-16s save %v (%d)  load %v (%d)%s", name, memMillis(t.save), qemutest.Median(t.save).Milliseconds(), memMillis(t.load), qemutest.Median(t.load).Milliseconds(), file)
 	}
 	row("dd write/read", dd, "")
 	for _, k := range names {
 		row(k, *times[k], "  file "+strconv.FormatInt(size[k]>>20, 10)+" MiB")
 	}
 	b.Log(msg)
-}
-
-// memMedian returns the median of ds.
-func memMedian(ds []time.Duration) time.Duration {
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
-	if len(s)%2 == 1 {
-		return s[len(s)/2]
-	}
-	return (s[len(s)/2-1] + s[len(s)/2]) / 2
 }
 
 // memRatios returns the median and the mean of num[i]/den[i].
@@ -456,11 +446,7 @@ func memRatios(num, den []time.Duration) (median, mean float64) {
 		rs[i] = float64(num[i]) / float64(den[i])
 		mean += rs[i] / float64(len(num))
 	}
-	sort.Float64s(rs)
-	if len(rs)%2 == 1 {
-		return rs[len(rs)/2], mean
-	}
-	return (rs[len(rs)/2-1] + rs[len(rs)/2]) / 2, mean
+	return qemutest.Median(rs), mean
 }
 
 // memMillis formats ds in whole milliseconds.

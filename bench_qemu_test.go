@@ -1,14 +1,9 @@
 package vmsnap_test
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
-	"net"
 	"path/filepath"
-	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -21,74 +16,15 @@ import (
 	"github.com/vmsnap/vmsnap/store"
 )
 
-// rawQMP is the minimal hand-written QMP loop the benchmark compares with:
-// one JSON line out, lines in until the wanted one.
-type rawQMP struct {
-	conn net.Conn
-	r    *bufio.Reader
-}
-
-func dialRaw(tb testing.TB, path string) *rawQMP {
-	tb.Helper()
-	c, err := net.Dial("unix", path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { c.Close() })
-	q := &rawQMP{conn: c, r: bufio.NewReaderSize(c, 1<<16)}
-	q.line(tb) // greeting
-	q.call(tb, `{"execute":"qmp_capabilities"}`)
-	return q
-}
-
-func (q *rawQMP) line(tb testing.TB) []byte {
-	l, err := q.r.ReadBytes('\n')
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return l
-}
-
-// call sends cmd and reads until its return (events are skipped).
-func (q *rawQMP) call(tb testing.TB, cmd string) {
-	if _, err := q.conn.Write([]byte(cmd + "\n")); err != nil {
-		tb.Fatal(err)
-	}
-	for {
-		l := q.line(tb)
-		if strings.Contains(string(l), `"error"`) {
-			tb.Fatalf("%s: %s", cmd, l)
-		}
-		if strings.HasPrefix(string(l), `{"return"`) {
-			return
-		}
-	}
-}
-
-// job runs a snapshot job the way a hand-written client would: start it,
-// wait for its concluded event, read query-jobs, dismiss it.
-func (q *rawQMP) job(tb testing.TB, command, id string, args map[string]any) {
-	args["job-id"] = id
-	b, _ := json.Marshal(map[string]any{"execute": command, "arguments": args})
-	q.call(tb, string(b))
-	want := fmt.Sprintf(`"status": "concluded", "id": %q`, id)
-	for {
-		if l := q.line(tb); strings.Contains(string(l), want) {
-			break
-		}
-	}
-	q.call(tb, `{"execute":"query-jobs"}`)
-	q.call(tb, fmt.Sprintf(`{"execute":"job-dismiss","arguments":{"id":%q}}`, id))
-}
-
 // BenchmarkFullInternalSnapshot compares a full internal snapshot taken
 // through vmsnap (lock, reconcile, intent, snapshot-save job, read-back,
 // commit) with the same snapshot-save sent raw on a second QMP monitor of
 // the same guest, interleaved in alternating order so both see the same
 // machine, each snapshot deleted (outside the timing) before the next is
-// taken, so both save into images in the same state. Two guests: the idle 64 MiB counter guest
-// (whose save takes milliseconds, so vmsnap's fixed cost shows) and one
-// with 128 MiB of random data in RAM (a save that writes real memory).
+// taken, so both save into images in the same state. Two guests: the idle
+// 64 MiB counter guest (whose save takes milliseconds, so vmsnap's fixed
+// cost shows) and one with 128 MiB of random data in RAM (a save that
+// writes real memory).
 //
 // Besides the means it reports medians of per-iteration values (robust to
 // a busy moment of the shared machine in one of the two runs): the ratio,
@@ -168,7 +104,7 @@ func benchFullInternal(b *testing.B, opts qemutest.Options) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	raw := dialRaw(b, rawSock)
+	raw := qemutest.DialRaw(b, rawSock)
 	devices := []string{vm.Disks[0].Node, vm.Disks[1].Node}
 	// Each iteration times one raw snapshot and one taken through vmsnap,
 	// in alternating order, each deleted outside the timing and the
@@ -180,10 +116,10 @@ func benchFullInternal(b *testing.B, opts qemutest.Options) {
 	rawSnapshot := func(i int) time.Duration {
 		tag := fmt.Sprintf("raw%d", i)
 		t0 := time.Now()
-		raw.job(b, "snapshot-save", "save-"+tag, map[string]any{"tag": tag, "vmstate": devices[0], "devices": devices})
+		raw.Job(b, "snapshot-save", "save-"+tag, map[string]any{"tag": tag, "vmstate": devices[0], "devices": devices})
 		d := time.Since(t0)
 		b.StopTimer()
-		raw.job(b, "snapshot-delete", "del-"+tag, map[string]any{"tag": tag, "devices": devices})
+		raw.Job(b, "snapshot-delete", "del-"+tag, map[string]any{"tag": tag, "devices": devices})
 		syscall.Sync()
 		b.StartTimer()
 		return d
@@ -270,18 +206,9 @@ func benchFullInternal(b *testing.B, opts qemutest.Options) {
 	b.ReportMetric(ms(libTime)/n, "vmsnap-ms/op")
 	b.ReportMetric(float64(libTime)/float64(rawTime), "vmsnap/raw")
 	for k, v := range samples {
-		b.ReportMetric(median(v), k)
+		b.ReportMetric(qemutest.Median(v), k)
 	}
 	b.ReportMetric(float64(cmds)/n, "qmp-cmds/op")
-}
-
-// median returns the median of v (which it sorts).
-func median(v []float64) float64 {
-	slices.Sort(v)
-	if len(v)%2 == 1 {
-		return v[len(v)/2]
-	}
-	return (v[len(v)/2-1] + v[len(v)/2]) / 2
 }
 
 // BenchmarkRevertInternal measures a revert of a full internal snapshot of

@@ -5,10 +5,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/vmsnap/vmsnap/internal/qemutest"
 	"github.com/vmsnap/vmsnap/store"
 	"github.com/vmsnap/vmsnap/store/storetest"
 )
@@ -50,7 +50,7 @@ func BenchmarkList10000(b *testing.B) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	b.ResetTimer()
-	cpu0 := processCPU(b)
+	cpu0 := qemutest.ProcessCPU(b)
 	for i := 0; i < b.N; i++ {
 		rs, err := s.List(ctx, dom)
 		if err != nil || len(rs) != 10000 {
@@ -60,15 +60,7 @@ func BenchmarkList10000(b *testing.B) {
 	// CPU time (user+system, all threads, GC included) per List: on a
 	// shared machine it shows the cost when wall time is inflated by other
 	// load.
-	b.ReportMetric(float64(processCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
-}
-
-func processCPU(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	b.ReportMetric(float64(qemutest.ProcessCPU(b)-cpu0)/float64(b.N), "cpu-ns/op")
 }
 
 // BenchmarkGetAmong10000 looks one snapshot up in the same domain: one

@@ -1,16 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"context"
-	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
-	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -38,64 +33,6 @@ func buildXlsnapTB(tb testing.TB) string {
 		tb.Fatalf("go build: %v\n%s", benchBuild.err, benchBuild.out)
 	}
 	return benchBuild.bin
-}
-
-// rawMonitor is a minimal hand-written QMP client: what a script that
-// sends snapshot-save itself does. One JSON line out, lines in until the
-// reply.
-type rawMonitor struct {
-	conn net.Conn
-	r    *bufio.Reader
-}
-
-func dialRawMonitor(tb testing.TB, path string) *rawMonitor {
-	tb.Helper()
-	c, err := net.Dial("unix", path)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { c.Close() })
-	m := &rawMonitor{conn: c, r: bufio.NewReaderSize(c, 1<<16)}
-	m.line(tb) // greeting
-	m.call(tb, `{"execute":"qmp_capabilities"}`)
-	return m
-}
-
-func (m *rawMonitor) line(tb testing.TB) string {
-	l, err := m.r.ReadString('\n')
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return l
-}
-
-// call sends cmd and reads until its reply (events are skipped).
-func (m *rawMonitor) call(tb testing.TB, cmd string) {
-	if _, err := m.conn.Write([]byte(cmd + "\n")); err != nil {
-		tb.Fatal(err)
-	}
-	for {
-		l := m.line(tb)
-		if strings.HasPrefix(l, `{"error"`) {
-			tb.Fatalf("%s: %s", cmd, l)
-		}
-		if strings.HasPrefix(l, `{"return"`) {
-			return
-		}
-	}
-}
-
-// job starts a snapshot job, waits for its concluded event, reads its
-// outcome with query-jobs and dismisses it.
-func (m *rawMonitor) job(tb testing.TB, command, id string, args map[string]any) {
-	args["job-id"] = id
-	b, _ := json.Marshal(map[string]any{"execute": command, "arguments": args})
-	m.call(tb, string(b))
-	want := fmt.Sprintf(`"status": "concluded", "id": %q`, id)
-	for !strings.Contains(m.line(tb), want) {
-	}
-	m.call(tb, `{"execute":"query-jobs"}`)
-	m.call(tb, fmt.Sprintf(`{"execute":"job-dismiss","arguments":{"id":%q}}`, id))
 }
 
 // BenchmarkXlsnapCreate compares a full internal snapshot taken by running
@@ -132,7 +69,7 @@ func benchXlsnapCreate(b *testing.B, opts qemutest.Options) {
 		"-qmp", "unix:"+rawSock+",server=on,wait=off")
 	vm := qemutest.Start(b, opts)
 	st := filepath.Join(dir, "store")
-	raw := dialRawMonitor(b, rawSock)
+	raw := qemutest.DialRaw(b, rawSock)
 	devices := []string{vm.Disks[0].Node, vm.Disks[1].Node}
 	run := func(args ...string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
@@ -149,10 +86,10 @@ func benchXlsnapCreate(b *testing.B, opts qemutest.Options) {
 	rawSnapshot := func(i int) time.Duration {
 		tag := fmt.Sprintf("raw%d", i)
 		t0 := time.Now()
-		raw.job(b, "snapshot-save", "save-"+tag, map[string]any{"tag": tag, "vmstate": devices[0], "devices": devices})
+		raw.Job(b, "snapshot-save", "save-"+tag, map[string]any{"tag": tag, "vmstate": devices[0], "devices": devices})
 		d := time.Since(t0)
 		b.StopTimer()
-		raw.job(b, "snapshot-delete", "del-"+tag, map[string]any{"tag": tag, "devices": devices})
+		raw.Job(b, "snapshot-delete", "del-"+tag, map[string]any{"tag": tag, "devices": devices})
 		syscall.Sync()
 		b.StartTimer()
 		return d
@@ -190,15 +127,6 @@ func benchXlsnapCreate(b *testing.B, opts qemutest.Options) {
 	b.ReportMetric(float64(rawTime)/float64(time.Millisecond)/n, "raw-ms/op")
 	b.ReportMetric(float64(xlTime)/float64(time.Millisecond)/n, "xlsnap-ms/op")
 	b.ReportMetric(float64(xlTime)/float64(rawTime), "xlsnap/raw")
-	b.ReportMetric(median(ratios), "median-xlsnap/raw")
-	b.ReportMetric(median(overheads), "median-overhead-ms")
-}
-
-// median returns the median of v (which it sorts).
-func median(v []float64) float64 {
-	sort.Float64s(v)
-	if len(v)%2 == 1 {
-		return v[len(v)/2]
-	}
-	return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	b.ReportMetric(qemutest.Median(ratios), "median-xlsnap/raw")
+	b.ReportMetric(qemutest.Median(overheads), "median-overhead-ms")
 }

@@ -21,20 +21,8 @@ func TestFeedPipe(t *testing.T) {
 		for i := range data {
 			data[i] = byte(rand.IntN(256))
 		}
-		path := filepath.Join(t.TempDir(), "mem")
-		if err := os.WriteFile(path, data, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		f, err := os.Open(path)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { f.Close() })
-		pr, pw, err := os.Pipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { pr.Close() })
+		f := feedFile(t, data)
+		pr, pw := feedPipeEnds(t)
 		var fed atomic.Uint64
 		go func() {
 			feedPipe(pw, f, &fed)
@@ -56,20 +44,8 @@ func TestFeedPipe(t *testing.T) {
 // TestFeedPipeAbort: closing the pipe's write end while the reader has
 // stopped reading (QEMU stuck, or a cancelled load) ends the feed.
 func TestFeedPipeAbort(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "mem")
-	if err := os.WriteFile(path, make([]byte, 8*feedChunk), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	pr, pw, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pr.Close() })
+	f := feedFile(t, make([]byte, 8*feedChunk))
+	_, pw := feedPipeEnds(t)
 	var fed atomic.Uint64
 	closeW := sync.OnceFunc(func() { pw.Close() })
 	done := make(chan struct{})
@@ -126,4 +102,30 @@ func TestReadChunkFallsBack(t *testing.T) {
 	if n, err := readChunk(nil, buffered, buf, int64(len(data))); n != 0 || !errors.Is(err, io.EOF) {
 		t.Errorf("at the end: %d, %v; want io.EOF", n, err)
 	}
+}
+
+// feedFile writes data to a new file and returns it open for reading.
+func feedFile(t *testing.T, data []byte) *os.File {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "mem")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// feedPipeEnds returns a new pipe; its read end closes with the test.
+func feedPipeEnds(t *testing.T) (r, w *os.File) {
+	t.Helper()
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Close() })
+	return r, w
 }
