@@ -19,3 +19,14 @@ func direntNames(buf []byte, each func(name []byte)) {
 		each([]byte(n))
 	}
 }
+
+// uring and ringBatch exist on Linux only.
+type (
+	uring     struct{}
+	ringBatch struct{}
+)
+
+// readRing reports false: io_uring is Linux's.
+func (lr *listReader) readRing([]string) bool { return false }
+
+func (lr *listReader) releaseRing() {}
