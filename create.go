@@ -288,7 +288,10 @@ func (c *creation) intent(ctx context.Context, labels map[string]string) error {
 		return nil
 	}
 	c.op.setPhase(PhaseWritingMeta)
-	return c.d.putIntent(ctx, c.s, intentCreating, c.wasRunning, labels)
+	// An internal snapshot leaves nothing outside the images, which List
+	// reads: its intent can be staged (Options.SyncIntents).
+	staged := !c.plan.kind.external() && !c.d.opts.SyncIntents
+	return c.d.putIntent(ctx, c.s, intentCreating, c.wasRunning, labels, staged)
 }
 
 // rollback undoes a create whose snapshot was taken but not committed.

@@ -62,7 +62,8 @@ func (d *Domain) get(ctx context.Context, name string) (*DomainSnapshot, error) 
 // progress on the record as it goes, and commits or drops the record at the
 // end; reconcile reads what was left.
 
-// putRecord stores r. It is the one call of Store.Put.
+// putRecord stores r. It is the one call of Store.Put (putIntent makes
+// the one call of store.Stage).
 func (d *Domain) putRecord(ctx context.Context, r *store.Record) error {
 	return d.store.Put(ctx, d.uuid, r)
 }
@@ -81,8 +82,9 @@ func (d *Domain) setCurrent(ctx context.Context, name string) error {
 	return d.store.SetCurrent(ctx, d.uuid, name)
 }
 
-// putIntent stores s with an intent status before QEMU is touched.
-func (d *Domain) putIntent(ctx context.Context, s *DomainSnapshot, in intent, guestWasRunning bool, labels map[string]string) error {
+// putIntent stores s with an intent status before QEMU is touched;
+// staged, it is not flushed (store.Stage: see Options.SyncIntents).
+func (d *Domain) putIntent(ctx context.Context, s *DomainSnapshot, in intent, guestWasRunning bool, labels map[string]string, staged bool) error {
 	r := toRecord(s)
 	r.Status = store.Status(in)
 	if r.Labels == nil {
@@ -93,6 +95,9 @@ func (d *Domain) putIntent(ctx context.Context, s *DomainSnapshot, in intent, gu
 	}
 	if guestWasRunning {
 		r.Labels[labelGuestWasRunning] = "true"
+	}
+	if staged {
+		return store.Stage(ctx, d.store, d.uuid, r)
 	}
 	return d.putRecord(ctx, r)
 }

@@ -40,3 +40,28 @@ func Commit(ctx context.Context, s Store, domain string, r *Record, makeCurrent 
 	}
 	return nil
 }
+
+// Stager is an optional Store capability: a write that later reads see at
+// once, in this process and any other, but that is not waited for until it
+// reaches stable storage. It suits an intent written before an action whose
+// own traces stay visible if a crash of the machine loses the intent, and
+// that a durable write (Commit, Put) replaces at the end. FileStore
+// implements it.
+type Stager interface {
+	// Stage stores r under r.Name like Put (same checks, same atomic
+	// replacement), and returns before the record is durable: if this
+	// process dies it is kept, if the machine crashes before the store
+	// has written it back it may be missing, or unreadable (reported by
+	// Get and List as a *RecordError). The caller must hold the
+	// domain's lock, as for Put.
+	Stage(ctx context.Context, domain string, r *Record) error
+}
+
+// Stage stores r through s's Stager when s has one, else with Put (which
+// is then durable). The caller must hold the domain's lock.
+func Stage(ctx context.Context, s Store, domain string, r *Record) error {
+	if st, ok := s.(Stager); ok {
+		return st.Stage(ctx, domain, r)
+	}
+	return s.Put(ctx, domain, r)
+}

@@ -42,7 +42,7 @@ func TestSpareWriteHoldsTheLock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmp, done, err := a.writeTemp(domain, dirfd, dir, RecordFileName("a"), data)
+	tmp, done, err := a.writeTemp(domain, dirfd, dir, RecordFileName("a"), data, true)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -189,21 +189,21 @@ func (s *FileStore) takeSpare(domain string) (spare, *sparePool, bool) {
 }
 
 // writeTemp is the package's writeTemp with a spare when the domain has
-// one: data is written to the spare, which is fsynced and closed, and its
-// name returned for the rename. done must be called once the caller has
+// one: data is written to the spare, which is fsynced (unless sync is
+// false) and closed, and its name returned for the rename. done must be called once the caller has
 // renamed it (or given up): until then the hold of the lock does not end,
 // so that no other holder adopts the spare while it is being filled and
 // renamed. On error nothing is left behind (done must still be called).
-func (s *FileStore) writeTemp(domain string, dirfd int, dir, name string, data []byte) (tmp string, done func(), err error) {
+func (s *FileStore) writeTemp(domain string, dirfd int, dir, name string, data []byte, sync bool) (tmp string, done func(), err error) {
 	sp, p, ok := s.takeSpare(domain)
 	if !ok {
-		tmp, err := writeTemp(dirfd, dir, name, data)
+		tmp, err := writeTemp(dirfd, dir, name, data, sync)
 		return tmp, func() {}, err
 	}
 	done = p.writers.Done
 	err = writeFull(sp.fd, data)
 	op := "write"
-	if err == nil {
+	if err == nil && sync {
 		op, err = "fsync", unix.Fsync(sp.fd)
 	}
 	if cerr := unix.Close(sp.fd); err == nil {
@@ -218,15 +218,18 @@ func (s *FileStore) writeTemp(domain string, dirfd int, dir, name string, data [
 
 // writeAtomic replaces name in dirfd with data: a temporary or spare file
 // (s.writeTemp), fsynced, renamed over name, and an fsync of the
-// directory.
-func (s *FileStore) writeAtomic(domain string, dirfd int, dir, name string, data []byte) error {
-	tmp, done, err := s.writeTemp(domain, dirfd, dir, name, data)
+// directory; without durable, the same with neither fsync.
+func (s *FileStore) writeAtomic(domain string, dirfd int, dir, name string, data []byte, durable bool) error {
+	tmp, done, err := s.writeTemp(domain, dirfd, dir, name, data, durable)
 	defer done()
 	if err != nil {
 		return err
 	}
 	if err := renameAt(dirfd, dir, tmp, name); err != nil {
 		return err
+	}
+	if !durable {
+		return nil
 	}
 	if err := unix.Fsync(dirfd); err != nil {
 		return &os.PathError{Op: "fsync", Path: dir, Err: err}

@@ -163,6 +163,11 @@ func (s *FileStore) unref(domain string, dl *domainLock) {
 
 // Put implements Store.
 func (s *FileStore) Put(ctx context.Context, domain string, r *Record) error {
+	return s.put(ctx, domain, r, true)
+}
+
+// put is Put, or Stage when durable is false.
+func (s *FileStore) put(ctx context.Context, domain string, r *Record, durable bool) error {
 	if err := ValidateDomain(domain); err != nil {
 		return err
 	}
@@ -178,10 +183,19 @@ func (s *FileStore) Put(ctx context.Context, domain string, r *Record) error {
 		return err
 	}
 	defer unix.Close(dirfd)
-	if err := s.writeAtomic(domain, dirfd, dir, RecordFileName(r.Name), data); err != nil {
+	if err := s.writeAtomic(domain, dirfd, dir, RecordFileName(r.Name), data, durable); err != nil {
 		return fmt.Errorf("store: domain %s: snapshot %q: %w", domain, r.Name, err)
 	}
 	return nil
+}
+
+// Stage implements Stager: Put without its two fsyncs. The record file is
+// written and renamed into place, so any later read sees it and it
+// survives the death of this process; only a crash of the machine before
+// the filesystem writes it back can lose it, or leave it empty or torn
+// (reported as a *RecordError, like any damaged record).
+func (s *FileStore) Stage(ctx context.Context, domain string, r *Record) error {
+	return s.put(ctx, domain, r, false)
 }
 
 // Get implements Store. It reads exactly one file.
@@ -328,7 +342,7 @@ func (s *FileStore) SetCurrent(ctx context.Context, domain, name string) error {
 	} else if !exists {
 		return notFound
 	}
-	if err := s.writeAtomic(domain, dirfd, dir, currentFileName, marshalCurrent(name)); err != nil {
+	if err := s.writeAtomic(domain, dirfd, dir, currentFileName, marshalCurrent(name), true); err != nil {
 		return fmt.Errorf("store: domain %s: making snapshot %q current: %w", domain, name, err)
 	}
 	return nil
@@ -381,9 +395,9 @@ func (s *FileStore) Commit(ctx context.Context, domain string, r *Record, makeCu
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		curTmp, curDone, curErr = s.writeTemp(domain, dirfd, dir, currentFileName, marshalCurrent(r.Name))
+		curTmp, curDone, curErr = s.writeTemp(domain, dirfd, dir, currentFileName, marshalCurrent(r.Name), true)
 	}()
-	recTmp, recDone, err := s.writeTemp(domain, dirfd, dir, fn, data)
+	recTmp, recDone, err := s.writeTemp(domain, dirfd, dir, fn, data, true)
 	wg.Wait()
 	// The spares' writes end with this function (after the renames).
 	defer recDone()
@@ -620,8 +634,9 @@ func readCurrent(dirfd int, dir string, euid int) (string, error) {
 }
 
 // writeTemp writes data to a new temporary file for name in dirfd, fsyncs
-// and closes it, and returns its name. On error nothing is left behind.
-func writeTemp(dirfd int, dir, name string, data []byte) (string, error) {
+// it unless sync is false, closes it and returns its name. On error
+// nothing is left behind.
+func writeTemp(dirfd int, dir, name string, data []byte, sync bool) (string, error) {
 	var (
 		tmp string
 		fd  int
@@ -639,7 +654,7 @@ func writeTemp(dirfd int, dir, name string, data []byte) (string, error) {
 	}
 	f := os.NewFile(uintptr(fd), dir+"/"+tmp)
 	_, err = f.Write(data)
-	if err == nil {
+	if err == nil && sync {
 		err = f.Sync()
 	}
 	if cerr := f.Close(); err == nil {

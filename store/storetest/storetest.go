@@ -60,6 +60,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store) {
 		{"CanceledContext", testCanceledContext},
 		{"Commit", testCommit},
 		{"CommitCurrentIsStored", testCommitCurrentIsStored},
+		{"Stage", testStage},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, newStore(t)) })
@@ -809,4 +810,48 @@ func testCommitCurrentIsStored(t *testing.T, s store.Store) {
 	}
 	close(done)
 	wg.Wait()
+}
+
+// testStage checks store.Stage (the store's Stager, or Put): a staged
+// record is read back at once, a commit replaces it, and what Put refuses
+// Stage refuses, storing nothing.
+func testStage(t *testing.T, s store.Store) {
+	ctx := context.Background()
+	r := Sample("staged", t0)
+	r.Status = store.StatusCreating
+	if err := store.Stage(ctx, s, DomainA, r); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Get(ctx, DomainA, "staged")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if diff := cmp.Diff(r, got, RecordOptions); diff != "" {
+		t.Errorf("staged record (-want +got):\n%s", diff)
+	}
+	done := Sample("staged", t0)
+	done.Status = store.StatusOK
+	if err := store.Commit(ctx, s, DomainA, done, true); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.Get(ctx, DomainA, "staged"); err != nil || got.Status != store.StatusOK {
+		t.Errorf("after commit: %v, %v; want the committed record", got, err)
+	}
+	if cur, err := s.Current(ctx, DomainA); err != nil || cur != "staged" {
+		t.Errorf("current after commit = %q, %v", cur, err)
+	}
+	for what, bad := range map[string]*store.Record{
+		"self parent": {Name: "a", Parent: "a"},
+		"bad name":    {Name: "../a"},
+	} {
+		if err := store.Stage(ctx, s, DomainA, bad); !errors.Is(err, store.ErrInvalidRecord) && !errors.Is(err, store.ErrInvalidName) {
+			t.Errorf("Stage(%s): err = %v, want ErrInvalidRecord or ErrInvalidName", what, err)
+		}
+	}
+	if err := store.Stage(ctx, s, "not-a-uuid", Sample("x", t0)); !errors.Is(err, store.ErrInvalidDomain) {
+		t.Errorf("Stage in an invalid domain: err = %v, want ErrInvalidDomain", err)
+	}
+	if rs, err := s.List(ctx, DomainA); err != nil || len(rs) != 1 {
+		t.Errorf("List = %v, %v; want only the committed record", names(rs), err)
+	}
 }
