@@ -20,13 +20,11 @@ func direntNames(buf []byte, each func(name []byte)) {
 	}
 }
 
-// uring and ringBatch exist on Linux only.
-type (
-	uring     struct{}
-	ringBatch struct{}
-)
+// openWaiting is openTerminated: there are no rings to wait for.
+func openWaiting(dirfd int, name string) (int, error) { return openTerminated(dirfd, name) }
+
+// ringBatch exists on Linux only.
+type ringBatch struct{}
 
 // readRing reports false: io_uring is Linux's.
 func (lr *listReader) readRing([]string) bool { return false }
-
-func (lr *listReader) releaseRing() {}

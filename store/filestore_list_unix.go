@@ -131,7 +131,6 @@ func listDir(ctx context.Context, domain string, dirfd int, dir string) ([]*Reco
 						}
 						lr.batch(b)
 					}
-					lr.releaseRing()
 					slices.SortFunc(res.keys, compareKeys)
 				}(&results[i])
 			}
@@ -146,7 +145,6 @@ func listDir(ctx context.Context, domain string, dirfd int, dir string) ([]*Reco
 	} else if first != nil && err == nil && ctx.Err() == nil {
 		lr := reader(&results[0])
 		lr.batch(*first)
-		lr.releaseRing()
 		slices.SortFunc(results[0].keys, compareKeys)
 	}
 	if err != nil {
@@ -183,11 +181,8 @@ type listReader struct {
 	// batch a larger buf.
 	buf   []byte
 	files []readFile
-	// ring, where io_uring can be used, reads large batches (readRing);
-	// rb is the memory it reads into.
-	ring       *uring
-	ringFailed bool
-	rb         ringBatch
+	// rb is the memory readRing has the kernel read into.
+	rb ringBatch
 }
 
 // readFile is a record file of a batch, as read.
@@ -242,7 +237,7 @@ func (lr *listReader) batch(b listBatch) {
 func (lr *listReader) readEach(names []string) {
 	total := 0
 	for _, name := range names {
-		fd, err := openTerminated(lr.dirfd, name)
+		fd, err := openWaiting(lr.dirfd, name)
 		room := lr.buf[len(lr.buf):]
 		data, err := readOpened(fd, err, lr.dir, name, room, lr.euid)
 		if err == nil {

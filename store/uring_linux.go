@@ -1,6 +1,7 @@
 package store
 
 import (
+	"encoding/binary"
 	"sync"
 	"sync/atomic"
 	"unsafe"
@@ -83,38 +84,66 @@ const (
 	uringOpSupported = 1 // IO_URING_OP_SUPPORTED
 )
 
-// uringUsable is false once io_uring turned out unusable in this process
-// (no such system call, refused by a seccomp filter or by
-// kernel.io_uring_disabled, or lacking an operation List needs): List then
-// makes its system calls one by one, as it always can.
+// The rings List uses are kept for the life of the process, at most
+// maxRings of them (each holds a descriptor and about 24 KiB of memory
+// shared with the kernel): setting one up costs more than reading a few
+// dozen files, and the cap bounds the files a process's listings hold open
+// at once (maxRings × ringRound). A reader that finds none free makes its
+// system calls one by one.
+const maxRings = 4
+
 var (
+	ringPool = make(chan *uring, maxRings)
+	uringMu  sync.Mutex
+	// uringUsable is false once io_uring turned out unusable in this
+	// process: no such system call, refused by a seccomp filter or by
+	// kernel.io_uring_disabled, lacking an operation List needs, or an
+	// io_uring_enter that failed. List then makes its system calls one by
+	// one, as it always can.
 	uringUsable = true
-	uringMu     sync.Mutex
-	uringProbed bool
+	rings       int // set up so far, at most maxRings
 )
 
-// newURing returns a ring of at least entries submissions (a power of two),
-// or nil when io_uring cannot be used; the first call checks that the
-// kernel supports every operation List uses.
-func newURing(entries uint32) *uring {
+// acquireRing returns a free ring, setting one up if fewer than maxRings
+// exist, or nil when none can be had now (all busy, or a passing shortage
+// of descriptors or memory) or ever (uringUsable false).
+func acquireRing() *uring {
+	select {
+	case r := <-ringPool:
+		return r
+	default:
+	}
 	uringMu.Lock()
 	defer uringMu.Unlock()
-	if !uringUsable {
+	if !uringUsable || rings == maxRings {
 		return nil
 	}
-	r, err := setupURing(entries)
-	if err == nil && !uringProbed {
-		err = r.probe(uringOpOpenat, uringOpClose, uringOpStatx, uringOpRead)
-		uringProbed = err == nil
-	}
-	if err != nil {
-		if r != nil {
+	r, err := setupURing(ringEntries)
+	if err == nil {
+		if err = r.probe(uringOpOpenat, uringOpClose, uringOpStatx, uringOpRead); err != nil {
 			r.close()
 		}
+	}
+	switch {
+	case err == nil:
+		rings++
+		return r
+	case err == unix.EMFILE || err == unix.ENFILE || err == unix.ENOMEM || err == unix.EAGAIN || err == unix.EINTR:
+		return nil // try again another time
+	default:
 		uringUsable = false
 		return nil
 	}
-	return r
+}
+
+// releaseRing gives a ring acquireRing returned back.
+func releaseRing(r *uring) { ringPool <- r }
+
+// disableURing stops every later use of io_uring (see submit).
+func disableURing() {
+	uringMu.Lock()
+	uringUsable = false
+	uringMu.Unlock()
 }
 
 func setupURing(entries uint32) (*uring, error) {
@@ -159,8 +188,9 @@ func (r *uring) probe(ops ...uint8) error {
 		return e
 	}
 	for _, op := range ops {
+		o := buf[16+int(op)*8:]
 		if op > buf[0] || // last_op
-			buf[16+int(op)*8] != op || buf[16+int(op)*8+2]&uringOpSupported == 0 {
+			o[0] != op || binary.NativeEndian.Uint16(o[2:4])&uringOpSupported == 0 {
 			return unix.EINVAL
 		}
 	}
@@ -225,13 +255,17 @@ func (r *uring) submit(done func(userData uint64, res int32)) error {
 // abandoned keeps alive, for the life of the process, the rings whose
 // io_uring_enter failed and the memory their submissions named: the kernel
 // may complete those later, and must not write into memory reused since.
+// It holds what at most one failure per ring left, since the first failure
+// stops every later use of io_uring.
 var abandoned struct {
 	sync.Mutex
 	kept []any
 }
 
-// abandon gives up r and the memory in keep (see submit).
+// abandon gives up r and the memory in keep (see submit), and stops every
+// later use of io_uring in this process.
 func abandon(r *uring, keep ...any) {
+	disableURing()
 	abandoned.Lock()
 	abandoned.kept = append(abandoned.kept, r)
 	abandoned.kept = append(abandoned.kept, keep...)
