@@ -209,7 +209,7 @@ func (c *creation) external(ctx context.Context, spec CreateSpec) error {
 	} else {
 		c.op.setPhase(PhaseSavingMemory)
 		if c.plan.live && c.wasRunning && d.liveMode(ctx) == migrate.Background {
-			d.collapseGuestRAM(ctx)
+			d.prepareGuestRAM(ctx)
 		}
 		var res SaveStateResult
 		res, takeErr = d.stateSaver().SaveState(ctx, SaveStateRequest{Monitor: d.mon, Path: s.Memory.File, Live: c.plan.live && c.wasRunning, AtStop: snapDisks, Progress: c.op.setBytes})

@@ -27,8 +27,11 @@ func loadedGuest(t *testing.T, vopts vmsnap.Options) *launched {
 
 // TestQEMULiveDowntime takes a non-live full external snapshot, a live one
 // with background-snapshot (when the host supports it) and a live pre-copy
-// one of a running guest with 128 MiB of incompressible RAM, and compares
-// the guest downtime each reports (QEMU's STOP to RESUME).
+// one of a running guest with 128 MiB of incompressible RAM, and checks the
+// guest downtime each reports (QEMU's STOP to RESUME): there was one, within
+// the snapshot's time, and the guest runs after it. How long each pause is
+// depends on the machine and its load: BenchmarkMemoryLivePause measures
+// and compares them, no test asserts a time.
 func TestQEMULiveDowntime(t *testing.T) {
 	if testing.Short() {
 		t.Skip("writes three 128 MiB memory files")
@@ -42,7 +45,6 @@ func TestQEMULiveDowntime(t *testing.T) {
 		{"live-background", vmsnap.External | vmsnap.Live, vmsnap.Options{}},
 		{"live-precopy", vmsnap.External | vmsnap.Live, vmsnap.Options{NoBackgroundSnapshot: true}},
 	}
-	downtime := map[string]time.Duration{}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			l := loadedGuest(t, c.opts)
@@ -63,16 +65,12 @@ func TestQEMULiveDowntime(t *testing.T) {
 			if s.Downtime <= 0 || s.Downtime > total {
 				t.Fatalf("downtime %v of a %v snapshot", s.Downtime, total)
 			}
-			downtime[c.name] = s.Downtime
 			t.Logf("%s: downtime %v, whole snapshot %v, memory file %d MiB", c.name, s.Downtime, total, fi.Size()>>20)
 			// The memory state is good: revert to it.
 			if _, err := l.dom.Revert(ctx, c.name, vmsnap.RevertPaused).Wait(ctx); err != nil {
 				t.Fatal(err)
 			}
 		})
-	}
-	if bg, ok := downtime["live-background"]; ok && bg >= downtime["stopped"] {
-		t.Errorf("live downtime %v not below the stopped snapshot's %v", bg, downtime["stopped"])
 	}
 }
 

@@ -133,7 +133,7 @@ func anonRanges(pid int, minSize uint64) ([][2]uint64, error) {
 }
 
 // fullBlocks returns the 2 MiB-aligned blocks of [start, end) whose pages
-// are all present, from /proc/pid/pagemap (bit 63 of each 8-byte entry).
+// are all present and private to the process, from /proc/pid/pagemap.
 func fullBlocks(pm io.ReaderAt, start, end uint64) ([]uint64, error) {
 	first := (start + blockSize - 1) &^ (blockSize - 1)
 	buf := make([]byte, 8*perBlock)
@@ -144,11 +144,95 @@ func fullBlocks(pm io.ReaderAt, start, end uint64) ([]uint64, error) {
 		}
 		full := true
 		for i := 0; i < perBlock && full; i++ {
-			full = binary.LittleEndian.Uint64(buf[8*i:])&(1<<63) != 0
+			// Present (bit 63) and mapped only here (bit 56): not the
+			// kernel's zero page, which Prefault maps into holes, and
+			// which a collapse would replace with new memory.
+			const want = 1<<63 | 1<<56
+			full = binary.LittleEndian.Uint64(buf[8*i:])&want == want
 		}
 		if full {
 			out = append(out, b)
 		}
 	}
 	return out, nil
+}
+
+// Prefault makes every page of process pid's guest RAM (its private
+// anonymous read-write mappings of size bytes, or up to 2 MiB more)
+// present, by
+// reading each run of pages that are not through /proc/pid/mem: the same
+// read fault QEMU's first background snapshot takes on them while the
+// guest is stopped (mapping the kernel's zero page, or new memory where
+// the kernel does not use it for such faults, as this project's kernel
+// does not), taken before the guest is stopped. On hosts where a first
+// touch is slow (memory handed back to the hypervisor) that read is most
+// of the first pause. It returns the number of pages it read, and
+// ErrUnsupported where the caller may not read the process's memory.
+func Prefault(pid int, size uint64) (int, error) {
+	all, err := anonRanges(pid, size)
+	if err != nil {
+		return 0, err
+	}
+	// Only the guest RAM: a mapping of its size (QEMU may round it up to
+	// a huge page), not every large one, whose untouched pages may never
+	// be meant to be.
+	var ranges [][2]uint64
+	for _, r := range all {
+		if r[1]-r[0] <= size+blockSize {
+			ranges = append(ranges, r)
+		}
+	}
+	pm, err := os.Open(fmt.Sprintf("/proc/%d/pagemap", pid))
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrUnsupported, err)
+	}
+	defer pm.Close()
+	mem, err := os.Open(fmt.Sprintf("/proc/%d/mem", pid))
+	if err != nil {
+		return 0, fmt.Errorf("%w: %w", ErrUnsupported, err)
+	}
+	defer mem.Close()
+	var (
+		pages int
+		buf   = make([]byte, 8*perBlock)
+		sink  = make([]byte, blockSize)
+	)
+	read := func(from, to uint64) error {
+		if _, err := mem.ReadAt(sink[:to-from], int64(from)); err != nil {
+			if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
+				return fmt.Errorf("%w: %w", ErrUnsupported, err)
+			}
+			return err
+		}
+		pages += int((to - from) / pageSize)
+		return nil
+	}
+	for _, r := range ranges {
+		for a := r[0]; a < r[1]; a += blockSize {
+			end := min(a+blockSize, r[1])
+			b := buf[:8*((end-a)/pageSize)]
+			if _, err := pm.ReadAt(b, int64(a/pageSize*8)); err != nil {
+				return pages, fmt.Errorf("read pagemap: %w", err)
+			}
+			// Runs of pages neither present (bit 63) nor swapped (bit
+			// 62: reading would swap it in, the kernel's business).
+			run := uint64(0)
+			for i := 0; i <= len(b); i += 8 {
+				at := a + uint64(i/8)*pageSize
+				if i < len(b) && binary.LittleEndian.Uint64(b[i:])&(3<<62) == 0 {
+					if run == 0 {
+						run = at
+					}
+					continue
+				}
+				if run != 0 {
+					if err := read(run, at); err != nil {
+						return pages, err
+					}
+					run = 0
+				}
+			}
+		}
+	}
+	return pages, nil
 }

@@ -97,3 +97,66 @@ func TestCollapseSplitMapping(t *testing.T) {
 		}
 	}
 }
+
+// presentPages counts the pages of mem that /proc/self/pagemap reports
+// present.
+func presentPages(t *testing.T, mem []byte) int {
+	t.Helper()
+	pm, err := os.Open("/proc/self/pagemap")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pm.Close()
+	buf := make([]byte, 8*(len(mem)/pageSize))
+	if _, err := pm.ReadAt(buf, int64(addrOf(mem)/pageSize*8)); err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for i := 0; i < len(buf); i += 8 {
+		if buf[i+7]&0x80 != 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// Prefault maps every page of a mapping that was only partly touched,
+// reading only those that were not present, without changing what they
+// hold; a second call finds nothing to do.
+func TestPrefault(t *testing.T) {
+	const size = 40 << 20 // no mapping of the Go runtime has this size
+	mem, err := unix.Mmap(-1, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Munmap(mem) })
+	unix.Madvise(mem, unix.MADV_NOHUGEPAGE) // 4 KiB pages: the count below is exact
+	for i := 0; i < size/2; i += pageSize {
+		mem[i] = 1
+	}
+	touched := presentPages(t, mem)
+	if touched != size/2/pageSize {
+		t.Fatalf("%d pages present after touching %d", touched, size/2/pageSize)
+	}
+	n, err := Prefault(os.Getpid(), size)
+	if errors.Is(err, ErrUnsupported) {
+		t.Skipf("not allowed here: %v", err)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := size/pageSize - touched; n != want {
+		t.Errorf("Prefault read %d pages, want the %d untouched ones", n, want)
+	}
+	if got := presentPages(t, mem); got != size/pageSize {
+		t.Errorf("%d of %d pages present after Prefault", got, size/pageSize)
+	}
+	for i := size / 2; i < size; i += pageSize {
+		if mem[i] != 0 {
+			t.Fatalf("byte %d is %d after Prefault", i, mem[i])
+		}
+	}
+	if n, err := Prefault(os.Getpid(), size); err != nil || n != 0 {
+		t.Errorf("second Prefault read %d pages (%v), want 0", n, err)
+	}
+}
