@@ -50,11 +50,17 @@ func knownFailing(key string) (string, bool) {
 	return "", false
 }
 
+// sweepDataSize is the random data big guests hold (in twice as much
+// RAM): enough that a memory save or load spans many of a sweep's timed
+// points (0.2–2 s here), small enough that some 300 points run in
+// minutes.
+const sweepDataSize = 64 << 20
+
 // sweepOp is one operation the sweeps interrupt.
 type sweepOp struct {
 	name string
-	// big guests hold 128 MiB of random data in RAM, so memory states
-	// take time to write and load.
+	// big guests hold sweepDataSize of random data in RAM, so memory
+	// states take time to write and load.
 	big bool
 	// setup makes the snapshots the operation needs and writes data.
 	setup func(e *sweepEnv)
@@ -222,7 +228,7 @@ func TestSweep(t *testing.T) {
 		t.Skipf("sweeps run on the system QEMU only (%s=%s)", qemutest.DirEnv, dir)
 	}
 	blob := filepath.Join(t.TempDir(), "ram.bin")
-	qemutest.WriteRandom(t, blob, 128<<20)
+	qemutest.WriteRandom(t, blob, sweepDataSize)
 	minTimed, minPoints := 6, 10
 	if testing.Short() {
 		minTimed, minPoints = 3, 3

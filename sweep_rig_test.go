@@ -60,7 +60,8 @@ type sweepEnv struct {
 }
 
 // newSweepEnv starts a guest: with blob loaded at 16 MiB when blob is not
-// empty (256 MiB of RAM), else a small idle one.
+// empty (RAM twice the blob's size, at least 128 MiB), else a small idle
+// one.
 func newSweepEnv(t *testing.T, blob, storeDir string) *sweepEnv {
 	t.Helper()
 	wdir, err := os.MkdirTemp("", "vsw")
@@ -71,7 +72,11 @@ func newSweepEnv(t *testing.T, blob, storeDir string) *sweepEnv {
 	watch := filepath.Join(wdir, "w.sock")
 	opts := qemutest.Options{MemoryMiB: 64, DiskSize: "128M", ExtraArgs: []string{"-qmp", "unix:" + watch + ",server=on,wait=off"}}
 	if blob != "" {
-		opts.MemoryMiB, opts.Loaders = 256, []qemutest.Loader{{File: blob, Addr: 0x1000000}}
+		fi, err := os.Stat(blob)
+		if err != nil {
+			t.Fatal(err)
+		}
+		opts.MemoryMiB, opts.Loaders = max(128, int(2*fi.Size()>>20)), []qemutest.Loader{{File: blob, Addr: 0x1000000}}
 	}
 	vm := qemutest.Start(t, opts)
 	// Every QEMU a point started, also through a killed helper process,
