@@ -18,9 +18,11 @@ import (
 // background snapshot reads them in the pause, and a first touch can be
 // slow: 230–480 ms of a 256 MiB guest's first pause on this project's
 // machines). It is best effort: a monitor that does not tell QEMU's pid
-// (TCP, go-qemu, libvirt), a kernel before 6.1 or a caller without
-// CAP_SYS_NICE, or one that may not read QEMU's memory, leaves the RAM as
-// it is. It runs while the guest runs, not in the pause.
+// (TCP, go-qemu, libvirt) leaves the RAM as it is; a kernel before 6.1 or
+// a caller without CAP_SYS_NICE skips the collapse, a caller that may not
+// read QEMU's memory the prefault. It runs while the guest runs, not in
+// the pause, and does not watch ctx: the prefault of a large guest's
+// untouched RAM can take seconds.
 func (d *Domain) prepareGuestRAM(ctx context.Context) {
 	pid, ok := qmp.PeerPID(d.mon)
 	if !ok {

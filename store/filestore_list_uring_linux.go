@@ -102,13 +102,13 @@ func (lr *listReader) ringRound(r *uring, names []string) (int, bool) {
 	fds, stx, res, datas := rb.fds[:len(names)], rb.stx[:len(names)], rb.res[:len(names)], rb.datas[:len(names)]
 	clear(datas)
 	ringsOpen.RLock()
-	fail := func(closeFDs bool) (int, bool) {
+	// fail gives up the ring after a failed submission. open(i) says
+	// whether fds[i] is still ours to close: no close of it was queued.
+	fail := func(open func(i int) bool) (int, bool) {
 		ringsOpen.RUnlock()
-		if closeFDs { // no close was submitted: each opened fd is still ours
-			for _, fd := range fds {
-				if fd >= 0 {
-					unix.Close(int(fd))
-				}
+		for i, fd := range fds {
+			if fd >= 0 && open(i) {
+				unix.Close(int(fd))
 			}
 		}
 		abandon(r, *rb, names, lr.buf)
@@ -124,8 +124,9 @@ func (lr *listReader) ringRound(r *uring, names []string) (int, bool) {
 		s.opFlags = readFlags
 		s.userData = uint64(i)
 	}
+	all := func(int) bool { return true }
 	if r.submit(func(i uint64, v int32) { fds[i] = v }) != nil {
-		return fail(false)
+		return fail(all) // the opens reaped so far; the others are lost
 	}
 
 	for i, fd := range fds {
@@ -142,7 +143,7 @@ func (lr *listReader) ringRound(r *uring, names []string) (int, bool) {
 		s.userData = uint64(i)
 	}
 	if r.submit(func(i uint64, v int32) { res[i] = v }) != nil {
-		return fail(true)
+		return fail(all)
 	}
 
 	total := 0
@@ -179,7 +180,9 @@ func (lr *listReader) ringRound(r *uring, names []string) (int, bool) {
 			res[i] = v
 		}
 	}) != nil {
-		return fail(false)
+		// Those read had their close queued (which may or may not have
+		// run): left alone; those left open for readOpened are closed.
+		return fail(func(i int) bool { return datas[i] == nil })
 	}
 
 	ringsOpen.RUnlock()

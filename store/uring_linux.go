@@ -108,13 +108,16 @@ var (
 // exist, or nil when none can be had now (all busy, or a passing shortage
 // of descriptors or memory) or ever (uringUsable false).
 func acquireRing() *uring {
+	uringMu.Lock()
+	defer uringMu.Unlock()
+	if !uringUsable {
+		return nil
+	}
 	select {
 	case r := <-ringPool:
 		return r
 	default:
 	}
-	uringMu.Lock()
-	defer uringMu.Unlock()
 	if !uringUsable || rings == maxRings {
 		return nil
 	}
