@@ -34,20 +34,22 @@ func (d *Domain) prepareGuestRAM(ctx context.Context) {
 	}
 	t0 := time.Now()
 	res, err := thp.Collapse(pid, size)
-	if log := d.opts.Logger; log != nil {
-		attrs := []slog.Attr{slog.Int("pid", pid), slog.Int("blocks", res.Blocks), slog.Int("failed", res.Failed), slog.Duration("took", time.Since(t0))}
-		if err != nil {
-			attrs = append(attrs, slog.String("error", err.Error()))
-		}
-		log.LogAttrs(ctx, slog.LevelDebug, "vmsnap: guest RAM back in huge pages", attrs...)
-	}
+	d.logRAMStep(ctx, "vmsnap: guest RAM back in huge pages", t0, err, slog.Int("pid", pid), slog.Int("blocks", res.Blocks), slog.Int("failed", res.Failed))
 	t0 = time.Now()
 	pages, err := thp.Prefault(pid, size)
-	if log := d.opts.Logger; log != nil {
-		attrs := []slog.Attr{slog.Int("pid", pid), slog.Int("pages", pages), slog.Duration("took", time.Since(t0))}
-		if err != nil {
-			attrs = append(attrs, slog.String("error", err.Error()))
-		}
-		log.LogAttrs(ctx, slog.LevelDebug, "vmsnap: guest RAM present", attrs...)
+	d.logRAMStep(ctx, "vmsnap: guest RAM present", t0, err, slog.Int("pid", pid), slog.Int("pages", pages))
+}
+
+// logRAMStep logs one step of prepareGuestRAM at Debug level: attrs, the
+// time since t0 and err, if any.
+func (d *Domain) logRAMStep(ctx context.Context, msg string, t0 time.Time, err error, attrs ...slog.Attr) {
+	log := d.opts.Logger
+	if log == nil {
+		return
 	}
+	attrs = append(attrs, slog.Duration("took", time.Since(t0)))
+	if err != nil {
+		attrs = append(attrs, slog.String("error", err.Error()))
+	}
+	log.LogAttrs(ctx, slog.LevelDebug, msg, attrs...)
 }

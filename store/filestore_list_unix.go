@@ -248,6 +248,12 @@ func (lr *listReader) readEach(names []string) {
 		}
 		lr.files = append(lr.files, readFile{data, err})
 	}
+	lr.fit(total)
+}
+
+// fit gives the next batch a buffer that holds total bytes of files, if
+// the one it has does not (up to maxListBufSize).
+func (lr *listReader) fit(total int) {
 	if total > cap(lr.buf) {
 		lr.buf = make([]byte, 0, min(total+total/4, maxListBufSize))
 	}

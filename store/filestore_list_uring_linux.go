@@ -87,9 +87,7 @@ func (lr *listReader) readRing(names []string) bool {
 		total += n
 	}
 	releaseRing(r)
-	if total > cap(lr.buf) {
-		lr.buf = make([]byte, 0, min(total+total/4, maxListBufSize))
-	}
+	lr.fit(total)
 	return true
 }
 
